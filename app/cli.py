@@ -1,0 +1,125 @@
+"""The `pulsemind` command: one entry point for the app and its tools.
+
+    pulsemind app [--model-url URL --model NAME] [--database-url URL] [--host H --port P]
+    pulsemind serve MODEL_DIR [--port 8000] [--lora NAME=DIR ...]   # start vLLM, wait healthy
+    pulsemind demo-model [DIR]                                      # build the tiny demo model
+    pulsemind intake FILE... [--json]                               # what the model would receive
+    pulsemind bench intake [FILE...]                                # intake speed and bytes saved
+    pulsemind db upgrade                                            # apply migrations
+    pulsemind user add NAME --role ROLE                             # create a user (asks password)
+
+Each subcommand imports what it needs when it runs, so `pulsemind --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from model.serve import ServeConfig, VLLMServer
+
+    loras = dict(item.split("=", 1) for item in args.lora)
+    cfg = ServeConfig(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        host=args.host,
+        port=args.port,
+        lora_modules=loras,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        **({"python": args.python} if args.python else {}),
+    )
+    server = VLLMServer(cfg)
+    t0 = time.monotonic()
+    try:
+        server.start()
+        print(
+            f"vLLM ready at {server.base_url} after {time.monotonic() - t0:.0f}s "
+            f"(log: {server.log_path}); Ctrl-C stops it.",
+            flush=True,
+        )
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1)
+        print(
+            f"vLLM exited with code {server.proc.returncode}:\n{server.log_tail()}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def _cmd_demo_model(args: argparse.Namespace) -> int:
+    from model.demo_model import demo_model_main
+
+    return demo_model_main(args.dir)
+
+
+def _cmd_intake(args: argparse.Namespace) -> int:
+    from model.intake.cli import intake_main
+
+    return intake_main(args.files, as_json=args.json)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "intake":
+        from pathlib import Path
+
+        from model.bench_intake import bench_intake_main
+
+        return bench_intake_main([Path(f) for f in args.files] or None)
+    raise SystemExit(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pulsemind", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="start a vLLM server with PulseMind's flags")
+    s.add_argument("model", help="model directory")
+    s.add_argument("--served-model-name", default=None)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a LoRA adapter to load at start (repeatable)",
+    )
+    s.add_argument("--dtype", default="auto", help="'float32' on CPU, 'auto' on GPU")
+    s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument(
+        "--python",
+        default=None,
+        help="interpreter of vLLM's environment (default: $PULSEMIND_VLLM_PYTHON)",
+    )
+    s.set_defaults(func=_cmd_serve)
+
+    d = sub.add_parser("demo-model", help="build the tiny demo model")
+    d.add_argument("dir", nargs="?", default=None)
+    d.set_defaults(func=_cmd_demo_model)
+
+    i = sub.add_parser("intake", help="show what the model would receive for each file")
+    i.add_argument("files", nargs="+")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_intake)
+
+    b = sub.add_parser("bench", help="benchmarks that print ratios")
+    b.add_argument("what", choices=["intake"])
+    b.add_argument("files", nargs="*")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""PulseMind model package."""

@@ -1,0 +1,124 @@
+"""The OpenAI-compatible engine against the real vLLM CPU server (tiny Qwen2.5-VL, LoRA)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.chat import ChatMessage, Completion, Delta, SamplingParams
+from model.errors import ModelDiedMidAnswer, ModelRejectedInput, ModelUnreachable
+from model.openai_engine import OpenAIEngine, OpenAIEngineConfig, to_openai_messages
+from model.serve import VLLMServer, free_port
+
+pytestmark = pytest.mark.vllm
+
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=24, seed=0)
+
+
+def _img(seed: int, size=(320, 240)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+
+
+def consultation() -> list[ChatMessage]:
+    """Three user turns, two with images (three images in all), two assistant turns between."""
+    return [
+        ChatMessage("system", "You are a careful clinical assistant."),
+        ChatMessage("user", "Chest pain since yesterday. Here are my ECG and X-ray.",
+                    [_img(1), _img(2)]),
+        ChatMessage("assistant", "Is the pain worse on exertion?"),
+        ChatMessage("user", "Yes, and here is the lab report.", [_img(3, (200, 400))]),
+        ChatMessage("assistant", "Troponin is needed."),
+        ChatMessage("user", "What should I do next?"),
+    ]  # fmt: skip
+
+
+def engine(server: VLLMServer, **kw) -> OpenAIEngine:
+    return OpenAIEngine(OpenAIEngineConfig(base_url=server.base_url, model="tiny", **kw))
+
+
+def collect(events) -> tuple[list[Delta], Completion]:
+    deltas, final = [], None
+    for ev in events:
+        if isinstance(ev, Delta):
+            deltas.append(ev)
+        else:
+            final = ev
+    assert final is not None
+    return deltas, final
+
+
+def test_multi_turn_multi_image_stream(vllm_server):
+    deltas, final = collect(engine(vllm_server).stream(consultation(), GREEDY))
+    assert len(deltas) >= 2, "answer should arrive in several streamed pieces"
+    assert "".join(d.text for d in deltas) == final.text
+    assert final.completion_tokens and 0 < final.completion_tokens <= GREEDY.max_tokens
+    # three images at 64+ tokens each must be in the prompt, not dropped
+    assert final.prompt_tokens and final.prompt_tokens > 3 * 64
+    assert final.first_token_s is not None and final.first_token_s <= final.latency_s
+    assert final.finish_reason in ("stop", "length")
+
+
+def test_images_scaled_before_sending():
+    big = _img(4, (6000, 4000))  # 24 MP
+    msgs = to_openai_messages([ChatMessage("user", "x", [big])], max_pixels=200_000)
+    url = msgs[0]["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    import base64
+    import io
+
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.width * sent.height <= 200_000
+    assert abs(sent.width / sent.height - 1.5) < 0.02  # aspect ratio kept
+
+
+def test_n_samples(vllm_server):
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16, seed=1)
+    outs = engine(vllm_server).complete(consultation(), sampling, n=4)
+    assert [c.index for c in outs] == [0, 1, 2, 3]
+    assert len({c.text for c in outs}) > 1, "4 samples at T=1 should not all be equal"
+
+
+def test_lora_adapter_changes_answer(vllm_server, adapter_dir):
+    eng = engine(vllm_server)
+    base = eng.complete(consultation(), GREEDY)[0].text
+    lora = eng.complete(consultation(), GREEDY, model="a1")[0].text
+    assert base != lora
+    # runtime loading of another adapter (same weights, new name) gives the adapter's answer
+    vllm_server.load_lora_adapter("a1-runtime", str(adapter_dir))
+    assert "a1-runtime" in eng.list_models()
+    assert eng.complete(consultation(), GREEDY, model="a1-runtime")[0].text == lora
+
+
+def test_unknown_model_is_rejected(vllm_server):
+    with pytest.raises(ModelRejectedInput):
+        engine(vllm_server).complete(consultation(), GREEDY, model="no-such-adapter")
+
+
+def test_server_down_is_unreachable_fast():
+    eng = OpenAIEngine(
+        OpenAIEngineConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", model="tiny")
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnreachable):
+        list(eng.stream(consultation(), GREEDY))
+    assert time.monotonic() - t0 < 30
+
+
+def test_closing_the_stream_stops_generation(vllm_server):
+    """A clinician's stop button closes the generator; the server must not keep generating."""
+    eng = engine(vllm_server)
+    long = SamplingParams(temperature=1.0, max_tokens=2000, seed=3)
+    gen = eng.stream(consultation(), long)
+    got = [next(gen) for _ in range(3)]
+    gen.close()
+    assert all(isinstance(d, Delta) for d in got)
+    # the server still answers promptly afterwards
+    t = threading.Thread(target=lambda: eng.complete(consultation(), GREEDY))
+    t.start()
+    t.join(60)
+    assert not t.is_alive()

@@ -1,0 +1,1 @@
+"""PulseMind training package."""
