@@ -1,0 +1,242 @@
+"""Attachments: stored once per sha256, their derived images, and who may fetch them.
+
+An upload is identified by the sha256 of its original bytes. The first time it is seen,
+its derived content (de-identified text, rendered PNGs, the de-identification report) is
+stored; later uploads of the same bytes reuse that row and only add a link
+(`message_attachments`) with the name the file had this time. The original bytes are never
+stored: a DICOM original holds patient identifiers.
+
+`store_attachment` runs inside the caller's transaction (`add_user_message`), so a message
+and its attachments are written together or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, undefer
+
+from storage.checks import as_enum, bounded_text, json_object, optional_count
+from storage.db import Database
+from storage.errors import InvalidInput, NotFound
+from storage.models import (
+    LABEL_LENGTH,
+    MIME_LENGTH,
+    Attachment,
+    AttachmentImage,
+    AttachmentKind,
+    Consultation,
+    Message,
+    MessageAttachment,
+    User,
+    UserRole,
+)
+from storage.records import AttachmentRecord, ImageRecord, NewAttachment, NewImage
+
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Extracted text of one attachment (a long PDF report runs to a few hundred kB).
+MAX_ATTACHMENT_TEXT_CHARS = 2_000_000
+#: The de-identification report lists what was done, not values: a few kB at most.
+MAX_DEID_REPORT_CHARS = 100_000
+#: Rendered pages/frames kept per attachment; intake caps lower, this is the backstop.
+MAX_IMAGES_PER_ATTACHMENT = 200
+#: Side of a derived image; intake downscales far below this.
+MAX_IMAGE_SIDE = 16_384
+
+
+def _check_image(image: NewImage | tuple[str, int, int, bytes], index: int) -> NewImage:
+    try:
+        label, width, height, png = image
+    except (TypeError, ValueError):
+        raise InvalidInput(f"image {index} is not (label, width, height, png)") from None
+    label = bounded_text(label, f"image {index} label", LABEL_LENGTH, allow_empty=True)
+    for name, side in (("width", width), ("height", height)):
+        if isinstance(side, bool) or not isinstance(side, int) or not 0 < side <= MAX_IMAGE_SIDE:
+            raise InvalidInput(f"image {index} {name} must be an int in 1..{MAX_IMAGE_SIDE}")
+    if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
+        raise InvalidInput(f"image {index} is not PNG bytes")
+    return NewImage(label, width, height, png)
+
+
+def _check_new_attachment(new: NewAttachment) -> list[NewImage]:
+    """Validate everything about `new` before anything of it is written."""
+    if not isinstance(new.sha256, str) or not SHA256_PATTERN.fullmatch(new.sha256):
+        raise InvalidInput("sha256 must be 64 lower-case hex digits")
+    as_enum(AttachmentKind, new.kind, "attachment kind")
+    bounded_text(new.mime, "mime type", MIME_LENGTH)
+    if optional_count(new.size_bytes, "size_bytes") is None:
+        raise InvalidInput("size_bytes is required")
+    optional_count(new.page_count, "page_count")
+    if new.text is not None:
+        bounded_text(new.text, "attachment text", MAX_ATTACHMENT_TEXT_CHARS, allow_empty=True)
+    json_object(new.deid_report, "deid_report", MAX_DEID_REPORT_CHARS)
+    if len(new.images) > MAX_IMAGES_PER_ATTACHMENT:
+        raise InvalidInput(f"more than {MAX_IMAGES_PER_ATTACHMENT} images in one attachment")
+    return [_check_image(image, i) for i, image in enumerate(new.images)]
+
+
+def store_attachment(session: Session, new: NewAttachment) -> tuple[Attachment, bool]:
+    """The attachment row for `new.sha256`, created (with its images) if new.
+
+    Returns (row, created). Runs in the caller's transaction. Raises InvalidInput for bad
+    input before writing anything of this attachment.
+    """
+    images = _check_new_attachment(new)
+    existing = session.scalar(select(Attachment).where(Attachment.sha256 == new.sha256))
+    if existing is not None:
+        return existing, False
+    attachment = Attachment(
+        sha256=new.sha256,
+        kind=as_enum(AttachmentKind, new.kind, "attachment kind"),
+        mime=new.mime,
+        size_bytes=new.size_bytes,
+        deidentified=bool(new.deidentified),
+        deid_report=new.deid_report,
+        burned_in_annotation=bool(new.burned_in_annotation),
+        text=new.text,
+        page_count=new.page_count,
+    )
+    try:
+        # A savepoint: if another writer stored the same sha256 a moment ago (PostgreSQL;
+        # SQLite serialises writers), fall back to its row without losing our transaction.
+        with session.begin_nested():
+            session.add(attachment)
+            session.flush()
+    except IntegrityError:
+        existing = session.scalar(select(Attachment).where(Attachment.sha256 == new.sha256))
+        if existing is None:
+            raise
+        return existing, False
+    session.add_all(
+        AttachmentImage(
+            attachment_id=attachment.id,
+            position=position,
+            label=image.label,
+            width=image.width,
+            height=image.height,
+            png=image.png,
+        )
+        for position, image in enumerate(images)
+    )
+    return attachment, True
+
+
+def _image_record(image: AttachmentImage, *, with_png: bool) -> ImageRecord:
+    return ImageRecord(
+        id=image.id,
+        attachment_id=image.attachment_id,
+        position=image.position,
+        label=image.label,
+        width=image.width,
+        height=image.height,
+        png=image.png if with_png else None,
+    )
+
+
+def load_attachments(
+    session: Session, message_ids: Iterable[int], *, with_png: bool
+) -> dict[int, list[AttachmentRecord]]:
+    """Attachments of each message (in position order), keyed by message id."""
+    ids = list(message_ids)
+    if not ids:
+        return {}
+    links = session.execute(
+        select(MessageAttachment, Attachment)
+        .join(Attachment, Attachment.id == MessageAttachment.attachment_id)
+        .where(MessageAttachment.message_id.in_(ids))
+        .order_by(MessageAttachment.message_id, MessageAttachment.position)
+    ).all()
+    attachment_ids = {attachment.id for _, attachment in links}
+    image_query = (
+        select(AttachmentImage)
+        .where(AttachmentImage.attachment_id.in_(attachment_ids))
+        .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
+    )
+    if with_png:
+        image_query = image_query.options(undefer(AttachmentImage.png))
+    images: dict[int, list[ImageRecord]] = {}
+    if attachment_ids:
+        for image in session.scalars(image_query):
+            images.setdefault(image.attachment_id, []).append(
+                _image_record(image, with_png=with_png)
+            )
+    result: dict[int, list[AttachmentRecord]] = {}
+    for link, attachment in links:
+        result.setdefault(link.message_id, []).append(
+            AttachmentRecord(
+                id=attachment.id,
+                sha256=attachment.sha256,
+                kind=attachment.kind,
+                mime=attachment.mime,
+                size_bytes=attachment.size_bytes,
+                deidentified=attachment.deidentified,
+                deid_report=attachment.deid_report,
+                burned_in_annotation=attachment.burned_in_annotation,
+                text=attachment.text,
+                page_count=attachment.page_count,
+                created_at=attachment.created_at,
+                position=link.position,
+                original_name=link.original_name,
+                images=tuple(images.get(attachment.id, ())),
+            )
+        )
+    return result
+
+
+def get_attachment_images(
+    db: Database, attachment_id: int, *, with_png: bool = True
+) -> list[ImageRecord]:
+    """The derived images of an attachment, in order. NotFound if there is no attachment.
+
+    Check `user_can_access_attachment` first: this function does not know the caller.
+    """
+    query = (
+        select(AttachmentImage)
+        .where(AttachmentImage.attachment_id == attachment_id)
+        .order_by(AttachmentImage.position)
+    )
+    if with_png:
+        query = query.options(undefer(AttachmentImage.png))
+    with db.transaction(write=False) as session:
+        if session.get(Attachment, attachment_id) is None:
+            raise NotFound(f"attachment {attachment_id} does not exist")
+        return [_image_record(image, with_png=with_png) for image in session.scalars(query)]
+
+
+def get_attachment_image(db: Database, attachment_id: int, position: int) -> ImageRecord:
+    """One derived image with its PNG bytes (what a file URL serves). NotFound if absent."""
+    query = (
+        select(AttachmentImage)
+        .where(AttachmentImage.attachment_id == attachment_id)
+        .where(AttachmentImage.position == position)
+        .options(undefer(AttachmentImage.png))
+    )
+    with db.transaction(write=False) as session:
+        image = session.scalar(query)
+        if image is None:
+            raise NotFound(f"attachment {attachment_id} has no image {position}")
+        return _image_record(image, with_png=True)
+
+
+def user_can_access_attachment(db: Database, user_id: int, attachment_id: int) -> bool:
+    """True if the user is an active admin, or owns a consultation that carries it."""
+    with db.transaction(write=False) as session:
+        user = session.get(User, user_id)
+        if user is None or not user.active:
+            return False
+        if session.get(Attachment, attachment_id) is None:
+            return False
+        if user.role is UserRole.ADMIN:
+            return True
+        owned = exists(
+            select(MessageAttachment.id)
+            .join(Message, Message.id == MessageAttachment.message_id)
+            .join(Consultation, Consultation.id == Message.consultation_id)
+            .where(MessageAttachment.attachment_id == attachment_id)
+            .where(Consultation.owner_id == user_id)
+        )
+        return bool(session.scalar(select(owned)))

@@ -1,0 +1,275 @@
+"""Messages of a consultation: append user turns (with attachments) and answers, read history.
+
+Each message gets the next `seq` of its consultation inside the writing transaction, after
+the consultation row is locked (PostgreSQL `SELECT ... FOR UPDATE`; SQLite write
+transactions start with `BEGIN IMMEDIATE`, one writer at a time), so two writers never pick
+the same number; the unique (consultation_id, seq) constraint is the backstop.
+
+Regenerating an answer (see storage/models.py): `add_assistant_message(..., replaces_id=X)`
+marks X and every later message superseded and appends the new answer; `history()` returns
+the current branch only, unless asked for everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from storage.attachments import load_attachments, store_attachment
+from storage.checks import as_enum, bounded_text, json_object, optional_count
+from storage.consultations import access_consultation
+from storage.db import Database
+from storage.errors import InvalidInput, NotFound
+from storage.models import (
+    ERROR_LENGTH,
+    ORIGINAL_NAME_LENGTH,
+    Consultation,
+    FinishReason,
+    Message,
+    MessageAttachment,
+    MessageRole,
+    ModelVariant,
+    utcnow,
+)
+from storage.records import AttachmentRecord, MessageRecord, NewAttachment
+
+#: One message's text. Far above any model context; stops a runaway paste or loop.
+MAX_MESSAGE_CHARS = 200_000
+#: Attachments on one user turn (the model takes up to 30 images per prompt; a PDF or a
+#: DICOM series can add several pages/frames, so intake decides what reaches the model).
+MAX_ATTACHMENTS_PER_MESSAGE = 30
+#: Sampling parameters are a handful of numbers.
+MAX_SAMPLING_PARAMS_CHARS = 10_000
+
+
+def _record(message: Message, attachments: Sequence[AttachmentRecord] = ()) -> MessageRecord:
+    return MessageRecord(
+        id=message.id,
+        consultation_id=message.consultation_id,
+        seq=message.seq,
+        role=message.role,
+        text=message.text,
+        created_at=message.created_at,
+        author_id=message.author_id,
+        model_variant_id=message.model_variant_id,
+        sampling_params=message.sampling_params,
+        latency_ms=message.latency_ms,
+        first_token_ms=message.first_token_ms,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        finish_reason=message.finish_reason,
+        error=message.error,
+        replaces_id=message.replaces_id,
+        superseded=message.superseded,
+        attachments=tuple(attachments),
+    )
+
+
+def _append(session: Session, consultation: Consultation, message: Message) -> Message:
+    """Give `message` the next seq of the (locked) consultation and write it."""
+    last = session.scalar(
+        select(func.max(Message.seq)).where(Message.consultation_id == consultation.id)
+    )
+    message.consultation_id = consultation.id
+    message.seq = (last or 0) + 1
+    message.created_at = utcnow()
+    consultation.updated_at = message.created_at
+    session.add(message)
+    session.flush()
+    return message
+
+
+def _clean_name(name: object, position: int) -> str:
+    if not isinstance(name, str) or not name.strip():
+        return f"attachment-{position + 1}"
+    # Keep the end: it carries the extension.
+    return name.strip()[-ORIGINAL_NAME_LENGTH:]
+
+
+def add_user_message(
+    db: Database,
+    consultation_id: int,
+    author_id: int,
+    text: str,
+    attachments: Sequence[NewAttachment] = (),
+) -> MessageRecord:
+    """Append a user turn with its attachments, all in one transaction (all or nothing).
+
+    `author_id` must own the consultation. Attachments already stored (same sha256) are
+    reused. Raises NotFound, PermissionDenied or InvalidInput; nothing is written then.
+    """
+    bounded_text(text, "message", MAX_MESSAGE_CHARS, allow_empty=bool(attachments))
+    if len(attachments) > MAX_ATTACHMENTS_PER_MESSAGE:
+        raise InvalidInput(
+            f"{len(attachments)} attachments; at most {MAX_ATTACHMENTS_PER_MESSAGE}",
+            user_message=f"At most {MAX_ATTACHMENTS_PER_MESSAGE} files per message.",
+        )
+    with db.transaction() as session:
+        consultation = access_consultation(
+            session, consultation_id, author_id, write=True, lock=True
+        )
+        message = _append(
+            session, consultation, Message(role=MessageRole.USER, text=text, author_id=author_id)
+        )
+        reused = 0
+        for position, new in enumerate(attachments):
+            if not isinstance(new, NewAttachment):
+                raise InvalidInput(f"attachment {position} is not a NewAttachment")
+            attachment, created = store_attachment(session, new)
+            reused += not created
+            session.add(
+                MessageAttachment(
+                    message_id=message.id,
+                    attachment_id=attachment.id,
+                    position=position,
+                    original_name=_clean_name(new.original_name, position),
+                )
+            )
+        session.flush()
+        record = _record(
+            message, load_attachments(session, [message.id], with_png=False).get(message.id, [])
+        )
+    logger.info(
+        "consultation id={}: user message id={} seq={} with {} attachments ({} reused)",
+        consultation_id,
+        record.id,
+        record.seq,
+        len(attachments),
+        reused,
+    )
+    return record
+
+
+def add_assistant_message(
+    db: Database,
+    consultation_id: int,
+    text: str,
+    *,
+    model_variant_id: int | None,
+    sampling_params: dict[str, Any] | None,
+    latency_ms: int | None,
+    first_token_ms: int | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    finish_reason: FinishReason | str,
+    error: str | None = None,
+    replaces_id: int | None = None,
+) -> MessageRecord:
+    """Append a model answer (possibly partial or empty, with `error`) to the consultation.
+
+    `replaces_id`: the answer this one regenerates; it and every later message become
+    superseded. The caller has checked who asked for the answer; this function does not.
+    """
+    bounded_text(text, "answer", MAX_MESSAGE_CHARS, allow_empty=True)
+    reason = as_enum(FinishReason, finish_reason, "finish_reason")
+    params = json_object(sampling_params, "sampling_params", MAX_SAMPLING_PARAMS_CHARS)
+    counts = {
+        name: optional_count(value, name)
+        for name, value in (
+            ("latency_ms", latency_ms),
+            ("first_token_ms", first_token_ms),
+            ("prompt_tokens", prompt_tokens),
+            ("completion_tokens", completion_tokens),
+        )
+    }
+    if error is not None:
+        error = str(error)
+        if len(error) > ERROR_LENGTH:
+            error = error[: ERROR_LENGTH - 1] + "…"
+    with db.transaction() as session:
+        consultation = session.scalar(
+            select(Consultation).where(Consultation.id == consultation_id).with_for_update()
+        )
+        if consultation is None:
+            raise NotFound(f"consultation {consultation_id} does not exist")
+        if model_variant_id is not None and session.get(ModelVariant, model_variant_id) is None:
+            raise NotFound(f"model variant {model_variant_id} does not exist")
+        if replaces_id is not None:
+            _supersede_from(session, consultation_id, replaces_id)
+        message = _append(
+            session,
+            consultation,
+            Message(
+                role=MessageRole.ASSISTANT,
+                text=text,
+                model_variant_id=model_variant_id,
+                sampling_params=params,
+                finish_reason=reason,
+                error=error,
+                replaces_id=replaces_id,
+                **counts,
+            ),
+        )
+        record = _record(message)
+    logger.info(
+        "consultation id={}: answer id={} seq={} variant id={} finish={}{}",
+        consultation_id,
+        record.id,
+        record.seq,
+        model_variant_id,
+        reason.value,
+        f" replaces id={replaces_id}" if replaces_id is not None else "",
+    )
+    return record
+
+
+def _supersede_from(session: Session, consultation_id: int, replaces_id: int) -> None:
+    old = session.get(Message, replaces_id)
+    if old is None or old.consultation_id != consultation_id:
+        raise NotFound(f"message {replaces_id} is not in consultation {consultation_id}")
+    if old.role is not MessageRole.ASSISTANT:
+        raise InvalidInput(f"message {replaces_id} is not an answer; only answers are replaced")
+    if old.superseded:
+        raise InvalidInput(f"message {replaces_id} is already superseded")
+    session.execute(
+        update(Message)
+        .where(Message.consultation_id == consultation_id)
+        .where(Message.seq >= old.seq)
+        .where(Message.superseded.is_(False))
+        .values(superseded=True)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def history(
+    db: Database,
+    consultation_id: int,
+    *,
+    user_id: int | None = None,
+    include_superseded: bool = False,
+    with_png: bool = False,
+) -> list[MessageRecord]:
+    """The consultation's messages in order, each with its attachments.
+
+    By default only the current branch (no superseded answers). With `user_id`, checks
+    that this user may read the consultation (owner or admin) in the same transaction;
+    without it the caller is trusted (training export). Image bytes are loaded only with
+    `with_png=True` (to build a model prompt); otherwise `ImageRecord.png` is None.
+    """
+    query = select(Message).where(Message.consultation_id == consultation_id).order_by(Message.seq)
+    if not include_superseded:
+        query = query.where(Message.superseded.is_(False))
+    with db.transaction(write=False) as session:
+        if user_id is not None:
+            access_consultation(session, consultation_id, user_id, write=False)
+        elif session.get(Consultation, consultation_id) is None:
+            raise NotFound(f"consultation {consultation_id} does not exist")
+        messages = list(session.scalars(query))
+        attachments = load_attachments(session, [m.id for m in messages], with_png=with_png)
+        return [_record(m, attachments.get(m.id, [])) for m in messages]
+
+
+def get_message(db: Database, message_id: int, *, user_id: int | None = None) -> MessageRecord:
+    """One message with its attachments (no PNG bytes); access checked as in `history`."""
+    with db.transaction(write=False) as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} does not exist")
+        if user_id is not None:
+            access_consultation(session, message.consultation_id, user_id, write=False)
+        attachments = load_attachments(session, [message.id], with_png=False)
+        return _record(message, attachments.get(message.id, []))

@@ -1,0 +1,1 @@
+"""Alembic migrations of the PulseMind schema; run through `storage.db.Database.upgrade()`."""
