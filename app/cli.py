@@ -75,9 +75,76 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    from app.config import AppConfig
+    from app.server import serve
+
+    try:
+        config = AppConfig.from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"pulsemind app: {exc}") from exc
+    serve(config)
+    return 0
+
+
+def _database(args: argparse.Namespace):
+    from app.config import AppConfig
+    from storage import Database
+
+    db = Database(AppConfig(database_url=args.database_url).resolved_database_url)
+    db.upgrade()
+    return db
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    db = _database(args)
+    print(f"database at revision {db.current_revision()}")
+    return 0
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from storage import StorageError, create_user
+
+    password = os.environ.get("PULSEMIND_NEW_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            if getpass.getpass("Again: ") != password:
+                raise SystemExit("The passwords differ; nothing was created.")
+    try:
+        user = create_user(_database(args), args.name, password, args.role)
+    except StorageError as exc:
+        raise SystemExit(f"pulsemind user add: {exc}") from exc
+    print(f"created {user.role.value} {user.username!r} (id {user.id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pulsemind", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    from app.config import AppConfig
+
+    a = sub.add_parser("app", help="start the web app (default: embedded demo model)")
+    AppConfig.add_arguments(a)
+    a.set_defaults(func=_cmd_app)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    db.add_argument("--database-url", default=None)
+    db.set_defaults(func=_cmd_db_upgrade)
+
+    u = sub.add_parser("user", help="manage users")
+    u.add_argument("action", choices=["add"])
+    u.add_argument("name")
+    u.add_argument("--role", required=True, choices=["clinician", "annotator", "admin"])
+    u.add_argument("--database-url", default=None)
+    u.set_defaults(func=_cmd_user_add)
 
     s = sub.add_parser("serve", help="start a vLLM server with PulseMind's flags")
     s.add_argument("model", help="model directory")

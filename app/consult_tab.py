@@ -1,0 +1,249 @@
+"""Consult tab: the clinician's consultations, a multimodal chat, streamed answers.
+
+Handlers are thin: they call `app.workflow.Consultations` and render its records. Every one is
+wrapped by `Auth.guard` (clinician or admin) and exposed under an `api_name`, so the same
+checks hold for the browser and for HTTP clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import gradio as gr
+
+from app.auth import CLINICAL, Auth
+from app.config import AppConfig
+from app.workflow import Answer, Consultations, UploadRejected
+from storage import (
+    Database,
+    MessageRecord,
+    MessageRole,
+    UserRecord,
+    create_consultation,
+    list_active_variants,
+    list_consultations,
+    rename_consultation,
+)
+
+ACCEPTED = [".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".dcm", ".pdf"]
+DEMO_BANNER = (
+    "⚠️ **Demo model** — this app is running on the small built-in demo model: its answers are "
+    "random text, not medical advice. Start it with `--model-url` to use a real model."
+)
+#: Shown under an answer that did not finish; the stored text stays as it was.
+FAILED_NOTES = {
+    "cut_off": "⚠️ *The answer was cut off: {error} Press **Retry** to ask again.*",
+    "error": "⚠️ *{error} Press **Retry** to ask again.*",
+    "cancelled": "*(stopped)*",
+}
+
+
+def _image_md(att) -> str:
+    return " ".join(
+        f"![{att.kind.value} {img.label}](/attachments/{att.id}/{img.position}.png)"
+        for img in att.images[:4]
+    )
+
+
+def render(records: list[MessageRecord]) -> list[dict]:
+    """Stored messages as Chatbot messages (thumbnails served by /attachments, per user)."""
+    out = []
+    for m in records:
+        if m.role is MessageRole.USER:
+            files = [
+                f"📎 **{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}"
+                for a in m.attachments
+            ]
+            out.append({"role": "user", "content": "\n\n".join([*files, m.text]).strip()})
+        elif m.role is MessageRole.ASSISTANT:
+            text = m.text
+            note = FAILED_NOTES.get(m.finish_reason.value if m.finish_reason else "", "")
+            if note:
+                text = f"{text}\n\n{note.format(error=m.error or '')}".strip()
+            out.append({"role": "assistant", "content": text})
+    return out
+
+
+def _choices(db: Database, user: UserRecord) -> list[tuple[str, int]]:
+    return [(f"{c.title} · #{c.id}", c.id) for c in list_consultations(db, user.id)]
+
+
+def _attachment_choices(records: list[MessageRecord]) -> list[tuple[str, str]]:
+    return [
+        (f"{a.original_name} (message {m.seq})", f"{m.id}:{a.position}")
+        for m in records
+        for a in m.attachments
+        if a.text
+    ]
+
+
+def build_consult_tab(
+    config: AppConfig, db: Database, auth: Auth, flow: Consultations
+) -> Callable[[gr.Blocks], None]:
+    guard = auth.guard(*CLINICAL)
+
+    banner = gr.Markdown(visible=False)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=240):
+            # allow_custom_value: choices are per user and set at load; the server checks
+            # ownership of whatever id arrives (HTTP clients send ids directly).
+            consultation = gr.Dropdown(label="Consultations", choices=[], value=None,
+                                       interactive=True, allow_custom_value=True)  # fmt: skip
+            new_btn = gr.Button("New consultation", variant="secondary")
+            title = gr.Textbox(label="Title", max_lines=1)
+            rename_btn = gr.Button("Rename", size="sm")
+            variant = gr.Dropdown(label="Model", choices=[], interactive=True,
+                                  allow_custom_value=True)  # fmt: skip
+            with gr.Accordion("Report text", open=False):
+                report = gr.Dropdown(label="Attachment", choices=[], interactive=True,
+                                     allow_custom_value=True)  # fmt: skip
+                report_text = gr.Textbox(label="Extracted text", lines=12, interactive=False)
+        with gr.Column(scale=3):
+            chat = gr.Chatbot(label="Consultation", height=560, buttons=["copy"],
+                              feedback_options=None, elem_id="consult-chat")  # fmt: skip
+            box = gr.MultimodalTextbox(
+                file_types=ACCEPTED, file_count="multiple", sources=["upload"],
+                placeholder="Describe the case; attach lab reports (PDF, photos), images, DICOM",
+                show_label=False, elem_id="consult-input",
+            )  # fmt: skip
+            with gr.Row():
+                stop_btn = gr.Button("Stop", variant="stop", size="sm")
+                retry_btn = gr.Button("Retry / regenerate", size="sm")
+            status = gr.Markdown(elem_id="consult-status")
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @guard
+    def refresh(user: UserRecord, current: int | None):
+        variants = list_active_variants(db)
+        names = [v.name for v in variants]
+        demo = any(v.embedded for v in variants)
+        return (
+            gr.update(choices=_choices(db, user), value=current),
+            gr.update(choices=names, value=names[0] if names else None),
+            gr.update(value=DEMO_BANNER, visible=demo),
+        )
+
+    @guard
+    def open_consultation(user: UserRecord, cid: int | None):
+        if cid is None:
+            return [], "", gr.update(choices=[], value=None), ""
+        records = flow.chat_history(user, int(cid))
+        title_text = next((t for t, i in _choices(db, user) if i == int(cid)), "")
+        return (
+            render(records),
+            title_text.rsplit(" · #", 1)[0],
+            gr.update(choices=_attachment_choices(records), value=None),
+            "",
+        )
+
+    @guard
+    def new_consultation(user: UserRecord):
+        c = create_consultation(db, user.id, None)
+        return gr.update(choices=_choices(db, user), value=c.id), [], c.title
+
+    @guard
+    def rename(user: UserRecord, cid: int | None, new_title: str):
+        if cid is None:
+            raise gr.Error("Open a consultation first.")
+        rename_consultation(db, int(cid), user.id, new_title)
+        return gr.update(choices=_choices(db, user), value=int(cid))
+
+    @guard
+    def show_report(user: UserRecord, cid: int | None, key: str | None):
+        if cid is None or not key:
+            return ""
+        msg_id, pos = (int(x) for x in key.split(":"))
+        for m in flow.chat_history(user, int(cid)):
+            if m.id == msg_id:
+                return next((a.text or "" for a in m.attachments if a.position == pos), "")
+        return ""
+
+    def _stream(user: UserRecord, answer: Answer, shown: list[dict]) -> Iterator[list[dict]]:
+        """Yield the chat while the answer streams; record it however it ends."""
+        texts = iter(answer)
+        try:
+            for text in texts:
+                yield [*shown, {"role": "assistant", "content": text}]
+        finally:
+            texts.close()  # on Stop: ends the model stream and fixes the partial text first
+            flow.record(user, answer)
+        final = render(flow.chat_history(user, answer.consultation_id))
+        out = answer.outcome
+        if answer.recorded is None and out is not None and out.error is not None:
+            # nothing was stored (no text came): show the failure where the answer would be
+            note = FAILED_NOTES["error"].format(error=out.error.user_message)
+            final.append({"role": "assistant", "content": note})
+        yield final
+
+    @guard
+    def send(user: UserRecord, message: dict | None, cid: int | None, variant_name: str | None):
+        message = message or {}
+        files = [(_display_name(f), _path(f)) for f in message.get("files") or []]
+        try:
+            cid, _ = flow.add_turn(user, int(cid) if cid else None, message.get("text", ""), files)
+        except UploadRejected as exc:
+            lines = "\n".join(f"- {e}" for e in exc.errors)
+            # keep the draft and the files in the box so the clinician can fix and resend
+            yield (
+                gr.skip(),
+                gr.skip(),
+                message,
+                f"⚠️ **Not sent — some files cannot be used:**\n{lines}",
+            )
+            return
+        records = flow.chat_history(user, cid)
+        shown = render(records)
+        yield gr.update(choices=_choices(db, user), value=cid), shown, None, ""
+        answer = flow.answer(user, cid, variant_name)
+        for chat_value in _stream(user, answer, shown):
+            yield cid, chat_value, gr.skip(), _status(answer)
+
+    @guard
+    def retry(user: UserRecord, cid: int | None, variant_name: str | None):
+        if cid is None:
+            raise gr.Error("Open a consultation first.")
+        records = flow.chat_history(user, int(cid))
+        regenerate = bool(records) and records[-1].role is MessageRole.ASSISTANT
+        answer = flow.answer(user, int(cid), variant_name, regenerate=regenerate)
+        shown = render(records[:-1] if regenerate else records)
+        for chat_value in _stream(user, answer, shown):
+            yield chat_value, _status(answer)
+
+    def wire(blocks: gr.Blocks) -> None:
+        blocks.load(refresh, [consultation], [consultation, variant, banner], api_name="refresh")
+        # .input, not .change: the handlers below set the value while an answer streams
+        consultation.input(open_consultation, [consultation], [chat, title, report, status],
+                            api_name="open_consultation")  # fmt: skip
+        new_btn.click(
+            new_consultation, None, [consultation, chat, title], api_name="new_consultation"
+        )
+        rename_btn.click(rename, [consultation, title], [consultation], api_name="rename")
+        report.change(show_report, [consultation, report], [report_text], api_name="report_text")
+        limit = config.concurrency
+        send_ev = box.submit(send, [box, consultation, variant], [consultation, chat, box, status],
+                             api_name="send", concurrency_limit=limit)  # fmt: skip
+        retry_ev = retry_btn.click(retry, [consultation, variant], [chat, status],
+                                   api_name="retry", concurrency_limit=limit)  # fmt: skip
+        stop_btn.click(None, None, None, cancels=[send_ev, retry_ev])
+
+    return wire
+
+
+def _status(answer: Answer) -> str:
+    out = answer.outcome
+    if out is None or out.ok or out.finish_reason == "cancelled":
+        return ""
+    return f"⚠️ {out.error.user_message if out.error else 'The answer did not finish.'}"
+
+
+def _path(f) -> str:
+    return f if isinstance(f, str) else f.get("path")
+
+
+def _display_name(f) -> str:
+    if isinstance(f, dict) and f.get("orig_name"):
+        return f["orig_name"]
+    from pathlib import Path
+
+    return Path(_path(f)).name

@@ -1,0 +1,44 @@
+"""Which engine answers for a model variant: the embedded demo engine or an HTTP server.
+
+One engine object per endpoint (HTTP connection pools are shared by every consultation), one
+embedded engine per (model dir, adapter) pair: it holds the weights in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from model.chat import ChatEngine
+from model.embedded import EmbeddedEngine
+from model.openai_engine import OpenAIEngine, OpenAIEngineConfig
+from storage import VariantRecord
+
+
+class EngineRegistry:
+    """Maps variants to live engines, creating each once."""
+
+    def __init__(self, *, max_pixels: int | None = None):
+        self._lock = threading.Lock()
+        self._engines: dict[tuple, ChatEngine] = {}
+        self.max_pixels = max_pixels
+
+    def for_variant(self, variant: VariantRecord) -> tuple[ChatEngine, str | None]:
+        """The engine and the model name to ask it for."""
+        if variant.embedded:
+            key = ("embedded", variant.served_model_name, variant.adapter_path)
+            with self._lock:
+                if key not in self._engines:
+                    self._engines[key] = EmbeddedEngine(
+                        Path(variant.served_model_name),
+                        adapter_dir=Path(variant.adapter_path) if variant.adapter_path else None,
+                    )
+                return self._engines[key], None
+        key = ("http", variant.endpoint)
+        with self._lock:
+            if key not in self._engines:
+                cfg = OpenAIEngineConfig(base_url=variant.endpoint, model=variant.served_model_name)
+                if self.max_pixels:
+                    cfg.max_pixels = self.max_pixels
+                self._engines[key] = OpenAIEngine(cfg)
+            return self._engines[key], variant.served_model_name

@@ -1,0 +1,154 @@
+"""The web server: Gradio UI mounted on FastAPI, with per-user file access and attachment images.
+
+    python app.py            # or: pulsemind app --help
+
+Security choices (Gradio's security guidance): bound to 127.0.0.1 by default, no share links,
+monitoring and analytics off, upload size capped, and files behind `/gradio_api/file=` readable
+only by the user who uploaded them (Gradio itself lets any logged-in user read any cached file).
+Attachment thumbnails come from the database through `/attachments/{id}/{position}.png`, which
+checks that the caller may see that attachment.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from urllib.parse import unquote
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from loguru import logger
+from starlette.routing import Mount
+
+from app.auth import Auth
+from app.config import AppConfig
+from app.engines import EngineRegistry
+from app.ui import build_ui
+from app.workflow import Consultations
+from storage import (
+    Database,
+    NotFound,
+    count_users,
+    ensure_model_variant,
+    get_attachment_image,
+    get_user_by_name,
+    user_can_access_attachment,
+)
+
+FIRST_ADMIN_HINT = (
+    "No users exist yet. Create the first admin with:\n    pulsemind user add NAME --role admin"
+)
+
+
+class UploadRegistry:
+    """Which user uploaded which cached file (in memory: Gradio's cache is per process too)."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, user: str, paths: list[str]) -> None:
+        with self._lock:
+            for p in paths:
+                self._owner[str(Path(p).resolve())] = user
+
+    def allowed(self, user: str | None, path: str) -> bool:
+        if user is None:
+            return False
+        with self._lock:
+            return self._owner.get(str(Path(path).resolve())) == user
+
+
+def ensure_variants(db: Database, config: AppConfig) -> None:
+    """Register the configured model (or the demo model) as an active variant."""
+    if config.model_url:
+        ensure_model_variant(
+            db, config.variant_name, endpoint=config.model_url, served_model_name=config.model
+        )
+        return
+    from model.demo_model import ensure_demo_model
+
+    path = ensure_demo_model(Path(config.demo_model_dir) if config.demo_model_dir else None)
+    ensure_model_variant(
+        db, "demo", endpoint="embedded", served_model_name=str(path),
+        notes="tiny random demo model: answers are not medical advice or even sense",
+    )  # fmt: skip
+
+
+def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, gr.Blocks]:
+    db = db or Database(config.resolved_database_url)
+    db.upgrade()
+    ensure_variants(db, config)
+    if count_users(db) == 0:
+        logger.warning(FIRST_ADMIN_HINT)
+    auth = Auth(db)
+    flow = Consultations(db, EngineRegistry())
+    blocks = build_ui(config, db, auth, flow)
+    blocks.max_threads = config.concurrency + 16
+    uploads = UploadRegistry()
+
+    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    gradio_app = None  # set after mounting; routes below read it at request time
+
+    def current_user(request: Request) -> str | None:
+        if gradio_app is None:
+            return None
+        token = request.cookies.get(f"access-token-{gradio_app.cookie_id}") or request.cookies.get(
+            f"access-token-unsecure-{gradio_app.cookie_id}"
+        )
+        return gradio_app.tokens.get(token) if token else None
+
+    @api.get("/attachments/{attachment_id}/{position}.png")
+    def attachment_image(attachment_id: int, position: int, request: Request) -> Response:
+        name = current_user(request)
+        user = get_user_by_name(db, name) if name else None
+        if user is None or not user_can_access_attachment(db, user.id, attachment_id):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        try:
+            img = get_attachment_image(db, attachment_id, position)
+        except NotFound:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return Response(img.png, media_type="image/png", headers={"Cache-Control": "private"})
+
+    @api.middleware("http")
+    async def guard_files(request: Request, call_next):
+        path = request.url.path
+        if "/file=" in path:
+            target = unquote(path.split("/file=", 1)[1])
+            if not uploads.allowed(current_user(request), target):
+                return JSONResponse({"error": "not found"}, status_code=404)
+        response = await call_next(request)
+        if path.rstrip("/").endswith("/upload") and response.status_code == 200:
+            body = b"".join([chunk async for chunk in response.body_iterator])
+            user = current_user(request)
+            if user is not None:
+                uploads.add(user, [p for p in json.loads(body) if isinstance(p, str)])
+            headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+            return Response(body, status_code=200, headers=headers)
+        return response
+
+    api = gr.mount_gradio_app(
+        api,
+        blocks,
+        path="",
+        auth=auth.check_login,
+        auth_message="PulseMind — log in with your account. "
+        + ("" if count_users(db) else FIRST_ADMIN_HINT),
+        max_file_size=f"{config.max_upload_mb}mb",
+        ssr_mode=False,
+        enable_monitoring=False,
+        show_error=True,
+        footer_links=["api"],
+        run_history=False,
+    )
+    gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
+    return api, blocks
+
+
+def serve(config: AppConfig) -> None:
+    api, _ = create_app(config)
+    logger.info("PulseMind on http://{}:{}", config.host, config.port)
+    uvicorn.run(api, host=config.host, port=config.port, log_level="warning")

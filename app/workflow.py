@@ -1,0 +1,298 @@
+"""The consultation workflow, free of UI code: uploads in, answer streamed, everything recorded.
+
+The Consult tab, the benchmark and the tests drive consultations through `Consultations`:
+
+    flow = Consultations(db, engines)
+    cid, msg = flow.add_turn(user, None, "Chest pain since yesterday", [("ecg.png", "/tmp/ecg.png")])
+    turn = flow.answer(user, cid, variant_name="demo")
+    for text_so_far in turn: ...            # streamed
+    flow.record(turn)                       # -> the stored assistant message (also on failure)
+
+Intake runs before anything is written: one bad file refuses the whole turn with a message per
+file, and the database is left as it was. Answers that fail are stored with their finish reason
+(`cut_off`, `error`, `cancelled`) and partial text, so nothing the clinician saw is lost.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+from PIL import Image
+
+from app.engines import EngineRegistry
+from model.chat import ChatMessage, SamplingParams
+from model.errors import IntakeError
+from model.intake import IntakeLimits, IntakeResult, intake_bytes
+from model.turn import TurnOutcome, TurnStream
+from storage import (
+    Database,
+    InvalidInput,
+    MessageRecord,
+    MessageRole,
+    NewAttachment,
+    NewImage,
+    NotFound,
+    UserRecord,
+    VariantRecord,
+    add_assistant_message,
+    add_user_message,
+    create_consultation,
+    get_consultation,
+    get_variant_by_name,
+    history,
+    list_active_variants,
+    record_audit,
+)
+
+#: What the model is told it is. Kept short: the demo model has a small context.
+SYSTEM_PROMPT = (
+    "You are PulseMind, a clinical consultation assistant for clinicians. Ask for missing "
+    "information that matters clinically, be medically accurate, useful and clear."
+)
+#: Title of a new consultation: the start of its first message.
+TITLE_CHARS = 60
+
+
+class UploadRejected(IntakeError):
+    """One or more files of a turn could not be taken in; `errors` has one line per file."""
+
+    user_message = "Some files could not be used."
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def to_new_attachment(result: IntakeResult) -> NewAttachment:
+    """An intake result as storage keeps it: derived, de-identified images and text only."""
+    return NewAttachment(
+        sha256=result.sha256,
+        kind=result.kind,
+        mime=result.mime,
+        size_bytes=result.size_bytes,
+        deidentified=result.deidentified,
+        original_name=result.filename,
+        images=[
+            NewImage(im.label, im.image.width, im.image.height, png_bytes(im.image))
+            for im in result.images
+        ],
+        deid_report=result.deid_report,
+        burned_in_annotation=result.burned_in_annotation,
+        text=result.text,
+        page_count=result.page_count,
+    )
+
+
+def attachment_context(att) -> str:
+    """What the model reads about an attachment besides its pixels (no file names: they can hold names)."""
+    parts = [f"[Attachment {att.position + 1}: {att.kind.value}"]
+    if att.page_count:
+        parts.append(f", {att.page_count} pages")
+    parts.append("]")
+    if att.text:
+        parts.append(f"\n{att.text}")
+    return "".join(parts)
+
+
+def to_chat_messages(records: Sequence[MessageRecord]) -> list[ChatMessage]:
+    """Stored history (with PNGs loaded) as the messages a model receives."""
+    out = [ChatMessage("system", SYSTEM_PROMPT)]
+    for m in records:
+        if m.role is MessageRole.SYSTEM:
+            continue
+        if m.role is MessageRole.ASSISTANT:
+            if m.text:  # a failed answer with no text is not part of the dialogue
+                out.append(ChatMessage("assistant", m.text))
+            continue
+        images = [
+            Image.open(io.BytesIO(img.png))
+            for att in m.attachments
+            for img in att.images
+            if img.png
+        ]
+        context = "\n".join(attachment_context(a) for a in m.attachments)
+        text = f"{context}\n{m.text}".strip() if context else m.text
+        out.append(ChatMessage("user", text, images))
+    return out
+
+
+@dataclass
+class Answer:
+    """An answer in progress: iterate for text so far, then `Consultations.record` it."""
+
+    consultation_id: int
+    variant: VariantRecord
+    sampling: SamplingParams
+    stream: TurnStream
+    replaces_id: int | None = None
+    recorded: MessageRecord | None = field(default=None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stream)
+
+    @property
+    def outcome(self) -> TurnOutcome | None:
+        return self.stream.outcome
+
+
+class Consultations:
+    """Consultation use cases over one database and the engines of the model variants."""
+
+    def __init__(self, db: Database, engines: EngineRegistry, limits: IntakeLimits | None = None):
+        self.db = db
+        self.engines = engines
+        self.limits = limits or IntakeLimits()
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def take_in(self, files: Sequence[tuple[str, str | Path]]) -> list[IntakeResult]:
+        """Intake every (display name, path) pair; UploadRejected lists each failing file."""
+        if len(files) > self.limits.max_files_per_turn:
+            raise UploadRejected(
+                [f"{len(files)} files in one message; at most {self.limits.max_files_per_turn}."]
+            )
+        results, errors = [], []
+        for name, path in files:
+            try:
+                data = Path(path).read_bytes()
+                results.append(intake_bytes(data, name, limits=self.limits))
+            except IntakeError as exc:
+                errors.append(f"{name}: {exc.detail}")
+            except OSError as exc:
+                errors.append(f"{name}: could not be read ({exc.strerror}).")
+        if errors:
+            raise UploadRejected(errors)
+        return results
+
+    # --- turns ----------------------------------------------------------------------------
+
+    def add_turn(
+        self,
+        user: UserRecord,
+        consultation_id: int | None,
+        text: str,
+        files: Sequence[tuple[str, str | Path]] = (),
+    ) -> tuple[int, MessageRecord]:
+        """Store the clinician's message (and its uploads); create the consultation if needed."""
+        text = (text or "").strip()
+        if not text and not files:
+            raise InvalidInput("Type a message or attach a file.")
+        results = self.take_in(files)  # before any write: a bad file changes nothing
+        if consultation_id is None:
+            title = text[:TITLE_CHARS] or f"{len(results)} file(s)"
+            consultation_id = create_consultation(self.db, user.id, title).id
+        else:
+            get_consultation(self.db, consultation_id, user.id)  # ownership check
+        msg = add_user_message(
+            self.db, consultation_id, user.id, text, [to_new_attachment(r) for r in results]
+        )
+        if results:
+            record_audit(
+                self.db,
+                "upload",
+                user_id=user.id,
+                target_type="consultation",
+                target_id=str(consultation_id),
+                detail={"kinds": [r.kind for r in results], "sha256": [r.sha256 for r in results]},
+            )
+        return consultation_id, msg
+
+    def variant(self, name: str | None) -> VariantRecord:
+        if name:
+            v = get_variant_by_name(self.db, name)
+            if v is None or not v.active:
+                raise NotFound(f"No active model variant named {name!r}.")
+            return v
+        active = list_active_variants(self.db)
+        if not active:
+            raise NotFound("No model variant is active.")
+        return active[0]
+
+    def chat_history(self, user: UserRecord, consultation_id: int) -> list[MessageRecord]:
+        return history(self.db, consultation_id, user_id=user.id, with_png=True)
+
+    def answer(
+        self,
+        user: UserRecord,
+        consultation_id: int,
+        variant_name: str | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        regenerate: bool = False,
+    ) -> Answer:
+        """Start the model's answer to the consultation so far (lazy: nothing runs until iterated).
+
+        With `regenerate`, the current last answer is replaced (kept in the database, superseded).
+        """
+        records = self.chat_history(user, consultation_id)
+        replaces = None
+        if records and records[-1].role is MessageRole.ASSISTANT:
+            if not regenerate:
+                raise InvalidInput("The last message already has an answer; regenerate it instead.")
+            replaces = records[-1].id
+            records = records[:-1]
+        if not records or records[-1].role is not MessageRole.USER:
+            raise InvalidInput("There is no question to answer yet.")
+        variant = self.variant(variant_name)
+        sampling = sampling or SamplingParams(**(variant.sampling_defaults or {}))
+        engine, model = self.engines.for_variant(variant)
+        stream = TurnStream(
+            engine,
+            to_chat_messages(records),
+            sampling,
+            model=model,
+            context={"consultation": consultation_id, "variant": variant.name},
+        )
+        return Answer(consultation_id, variant, sampling, stream, replaces_id=replaces)
+
+    def record(self, user: UserRecord, answer: Answer) -> MessageRecord | None:
+        """Store the answer however it ended (once) and audit it.
+
+        An attempt that produced no text at all (server down, stopped before the first token)
+        is audited but not stored as a message: it would only hide the previous answer.
+        """
+        if answer.recorded is not None:
+            return answer.recorded
+        out = answer.outcome or TurnOutcome(text="", finish_reason="cancelled")
+        log = logger.bind(consultation=answer.consultation_id, variant=answer.variant.name)
+        detail = {"variant": answer.variant.name, "finish_reason": out.finish_reason}
+        outcome = "ok" if out.ok or out.finish_reason == "cancelled" else "error"
+        if not out.text:
+            record_audit(self.db, "answer", user_id=user.id, target_type="consultation",
+                         target_id=str(answer.consultation_id), outcome=outcome,
+                         detail=detail)  # fmt: skip
+            log.info("answer attempt not stored: {} with no text", out.finish_reason)
+            return None
+        msg = add_assistant_message(
+            self.db,
+            answer.consultation_id,
+            out.text,
+            model_variant_id=answer.variant.id,
+            sampling_params=answer.sampling.to_dict(),
+            latency_ms=_ms(out.latency_s),
+            first_token_ms=_ms(out.first_token_s),
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            finish_reason=out.finish_reason,
+            error=out.error.user_message if out.error else None,
+            replaces_id=answer.replaces_id,
+        )
+        answer.recorded = msg
+        record_audit(self.db, "answer", user_id=user.id, target_type="message",
+                     target_id=str(msg.id), outcome=outcome, detail=detail)  # fmt: skip
+        log.info("answer recorded: {} ({} chars)", out.finish_reason, len(out.text))
+        return msg
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(round(seconds * 1000))

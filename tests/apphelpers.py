@@ -1,0 +1,91 @@
+"""Helpers for tests that drive the launched app: start it on a free port, log in, make files."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+
+from app.config import AppConfig
+from app.server import create_app
+from model.serve import free_port
+from storage import Database, create_user
+
+PASSWORD = "correct horse battery"
+USERS = {"alice": "clinician", "bob": "clinician", "ann": "annotator", "root": "admin"}
+
+
+def make_users(db: Database) -> None:
+    for name, role in USERS.items():
+        create_user(db, name, PASSWORD, role)
+
+
+@contextmanager
+def running_app(config: AppConfig, db: Database):
+    """The real app (FastAPI + Gradio) under uvicorn in a thread; yields its URL."""
+    api, _ = create_app(config, db)
+    port = config.port if config.port != 7860 else free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("app did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def login(url: str, user: str, password: str = PASSWORD) -> httpx.Client:
+    """An HTTP client holding the user's session cookie (Gradio's /login form)."""
+    c = httpx.Client(base_url=url, timeout=30)
+    r = c.post("/login", data={"username": user, "password": password})
+    assert r.status_code == 200, r.text
+    return c
+
+
+def png_file(path: Path, seed: int, size=(640, 480)) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def lab_report_pdf(path: Path) -> Path:
+    """A two-page lab report with a text layer (written with fpdf2)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    for page in range(2):
+        pdf.add_page()
+        pdf.set_font("Helvetica", size=12)
+        pdf.cell(0, 10, f"Laboratory report page {page + 1}", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 10, "Hemoglobin 13.2 g/dL (ref 12-16)", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 10, "Troponin I 0.02 ng/mL", new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(path))
+    return path
+
+
+def png_bytes_of(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def text_of(message: dict) -> str:
+    """The text of a Chatbot message as the API returns it (Gradio 6: a list of parts)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))

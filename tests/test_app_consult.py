@@ -1,0 +1,155 @@
+"""The Consult tab through gradio_client against the launched app and the real vLLM server."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from apphelpers import (
+    PASSWORD,
+    lab_report_pdf,
+    login,
+    make_users,
+    png_file,
+    running_app,
+    text_of,
+)
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from app.config import AppConfig
+from storage import Database, MessageRole, get_user_by_name, history, list_audit
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def app_db(tmp_path_factory) -> Database:
+    db = Database.sqlite(tmp_path_factory.mktemp("appdb") / "pulsemind.db")
+    db.upgrade()
+    make_users(db)
+    return db
+
+
+@pytest.fixture(scope="module")
+def app_url(vllm_server, app_db, tmp_path_factory):
+    config = AppConfig(
+        model_url=vllm_server.base_url, model="tiny", variant_name="tiny",
+        data_dir=str(tmp_path_factory.mktemp("data")), port=7860,
+    )  # fmt: skip
+    with running_app(config, app_db) as url:
+        yield url
+
+
+def client(url: str, user: str) -> Client:
+    return Client(url, auth=(user, PASSWORD), verbose=False)
+
+
+def send(c: Client, text: str, files=(), cid=None):
+    """Submit a turn; return (snapshots of every streamed output, final outputs)."""
+    job = c.submit({"text": text, "files": [handle_file(str(f)) for f in files]}, cid, "tiny",
+                   api_name="/send")  # fmt: skip
+    # gradio_client patches one output object in place as diffs arrive: copy each as it comes
+    seen = [copy.deepcopy(out) for out in job]
+    return seen, job.result(timeout=300)
+
+
+def _cid(dropdown_value) -> int:
+    return int(dropdown_value)
+
+
+def test_three_turn_consultation_streams_persists_and_reopens(app_url, app_db, tmp_path):
+    alice = client(app_url, "alice")
+    files = [png_file(tmp_path / "ecg.png", 1), png_file(tmp_path / "xray.png", 2, (800, 600)),
+             lab_report_pdf(tmp_path / "labs.pdf")]  # fmt: skip
+    outputs, final = send(alice, "Chest pain since yesterday, see attached.", files)
+    cid = _cid(final[0])
+    chats = [o[1] for o in outputs if o[1]]
+    answers = [text_of(c[-1]) for c in chats if c[-1]["role"] == "assistant"]
+    assert len(answers) >= 3, "the answer should arrive as several streamed updates"
+    assert any(len(a) < len(answers[-2]) for a in answers[:-2]), "text should grow while streaming"
+
+    user = get_user_by_name(app_db, "alice")
+    msgs = history(app_db, cid, user_id=user.id)
+    assert [m.role for m in msgs] == [MessageRole.USER, MessageRole.ASSISTANT]
+    assert [a.kind.value for a in msgs[0].attachments] == ["image", "image", "pdf"]
+    assert [a.original_name for a in msgs[0].attachments] == ["ecg.png", "xray.png", "labs.pdf"]
+    ans = msgs[1]
+    assert ans.finish_reason.value in ("stop", "length") and ans.text
+    assert ans.prompt_tokens and ans.completion_tokens and ans.latency_ms is not None
+    assert ans.sampling_params["max_tokens"] > 0 and ans.model_variant_id is not None
+
+    for text in ("The pain gets worse when climbing stairs.", "What should we do next?"):
+        _, final = send(alice, text, cid=cid)
+        assert _cid(final[0]) == cid
+    msgs = history(app_db, cid, user_id=user.id)
+    assert [m.role for m in msgs] == [MessageRole.USER, MessageRole.ASSISTANT] * 3
+
+    # reopen from a fresh session (as after a reload): the whole conversation comes back
+    again = client(app_url, "alice")
+    chat, title, _report, _status = again.predict(cid, api_name="/open_consultation")
+    assert len(chat) == 6 and "Chest pain" in title
+    assert "/attachments/" in text_of(chat[0])  # thumbnails
+    pdf_key = f"{msgs[0].id}:2"
+    assert "Hemoglobin 13.2" in again.predict(cid, pdf_key, api_name="/report_text")
+
+    kinds = [e.action for e in list_audit(app_db, user_id=user.id)]
+    assert "login" in kinds and "upload" in kinds and kinds.count("answer") >= 3
+
+
+def test_bad_upload_is_refused_per_file_and_nothing_is_lost(app_url, app_db, tmp_path):
+    alice = client(app_url, "alice")
+    _, final = send(alice, "First question")
+    cid = _cid(final[0])
+    user = get_user_by_name(app_db, "alice")
+    before = history(app_db, cid, user_id=user.id)
+    fake = tmp_path / "scan.dcm"
+    fake.write_bytes(b"this is not a DICOM file at all" * 10)
+    good = png_file(tmp_path / "ok.png", 5)
+    _, final = send(alice, "Here is the CT", [good, fake], cid=cid)
+    status = final[3]
+    assert "scan.dcm" in status and "ok.png" not in status.split("scan.dcm")[0][-5:]
+    assert final[2]["text"] == "Here is the CT", "the draft stays in the box"
+    assert history(app_db, cid, user_id=user.id) == before
+
+
+def test_roles_are_checked_on_the_server(app_url, app_db, tmp_path):
+    alice = client(app_url, "alice")
+    _, final = send(alice, "A private question", [png_file(tmp_path / "p.png", 9)])
+    cid = _cid(final[0])
+    att = history(app_db, cid, user_id=get_user_by_name(app_db, "alice").id)[0].attachments[0]
+
+    ann = client(app_url, "ann")
+    for args, api in [((cid,), "/open_consultation"), ((), "/new_consultation"),
+                      (({"text": "hi", "files": []}, None, "tiny"), "/send"),
+                      ((cid, "tiny"), "/retry"), ((cid, "x"), "/rename")]:  # fmt: skip
+        with pytest.raises(AppError, match="annotator"):
+            ann.predict(*args, api_name=api)
+    denied = list_audit(app_db, user_id=get_user_by_name(app_db, "ann").id)
+    assert sum(e.action == "denied" for e in denied) >= 5
+
+    # anonymous callers get nothing
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types by version
+        Client(app_url, verbose=False).predict(cid, api_name="/open_consultation")
+    import httpx
+
+    assert httpx.post(f"{app_url}/gradio_api/call/open_consultation",
+                      json={"data": [cid]}).status_code == 401  # fmt: skip
+
+    # another clinician can read neither the consultation nor its files
+    bob = client(app_url, "bob")
+    with pytest.raises(AppError):
+        bob.predict(cid, api_name="/open_consultation")
+    url = f"/attachments/{att.id}/0.png"
+    assert login(app_url, "alice").get(url).status_code == 200
+    assert login(app_url, "bob").get(url).status_code == 404
+    assert httpx.get(f"{app_url}{url}").status_code == 404
+
+    # files uploaded through Gradio are readable by their uploader only
+    a = login(app_url, "alice")
+    path = a.post(
+        "/gradio_api/upload",
+        files={"files": ("scan.png", (tmp_path / "p.png").read_bytes(), "image/png")},
+    ).json()[0]
+    assert a.get(f"/gradio_api/file={path}").status_code == 200
+    assert login(app_url, "bob").get(f"/gradio_api/file={path}").status_code == 404
