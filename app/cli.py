@@ -119,7 +119,7 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     try:
         user = create_user(_database(args), args.name, password, args.role)
     except StorageError as exc:
-        raise SystemExit(f"pulsemind user add: {exc}") from exc
+        raise SystemExit(f"pulsemind user add: {exc.user_message}") from exc
     print(f"created {user.role.value} {user.username!r} (id {user.id})")
     return 0
 

@@ -122,3 +122,13 @@ def test_closing_the_stream_stops_generation(vllm_server):
     t.start()
     t.join(60)
     assert not t.is_alive()
+
+
+def test_embedded_engine_answers_the_same_consultation(demo_model_dir):
+    """The offline default (in-process transformers) takes the very same multi-image messages."""
+    from model.embedded import EmbeddedEngine
+
+    deltas, final = collect(EmbeddedEngine(demo_model_dir).stream(consultation(), GREEDY))
+    assert deltas and "".join(d.text for d in deltas) == final.text
+    assert final.prompt_tokens and final.prompt_tokens > 3 * 64
+    assert 0 < final.completion_tokens <= GREEDY.max_tokens
