@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
+from dicognito.anonymizer import Anonymizer
 from loguru import logger
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
@@ -158,8 +159,6 @@ def deidentify(ds: Dataset) -> Deidentified:
     # malformed "date" can hold anything, a name included: remove it first.
     malformed = _remove_where(ds, _malformed_date_or_time)
     try:
-        from dicognito.anonymizer import Anonymizer
-
         Anonymizer().anonymize(ds)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         logger.warning("dicognito failed on a header: {}", type(exc).__name__)
@@ -183,7 +182,8 @@ def deidentify(ds: Dataset) -> Deidentified:
     pattern = token_pattern(tokens)
     leftover = (
         _remove_where(
-            ds, lambda elem: isinstance(elem.value, str | bytes) and bool(_matches(pattern, elem))
+            ds,
+            lambda elem: elem.VR not in BULK_VRS and elem.VR != "SQ" and _matches(pattern, elem),
         )
         if pattern
         else set()

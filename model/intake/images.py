@@ -295,6 +295,6 @@ def stretch_to_l(arr: np.ndarray) -> Image.Image:
     a = np.asarray(arr, dtype=np.float64)
     lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
-        return Image.fromarray(np.zeros(a.shape[:2], dtype=np.uint8), mode="L")
+        return Image.fromarray(np.zeros(a.shape[:2], dtype=np.uint8))
     out = np.nan_to_num((a - lo) * (255.0 / (hi - lo)), nan=0.0)
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
