@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 
 from PIL import Image
+
+from model.intake.images import fit_within
 
 #: Qwen2.5-VL's default max_pixels (1280 patches of 28x28): more is resized away by the server.
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
@@ -21,12 +22,7 @@ JPEG_QUALITY = 90
 
 def fit_to_budget(img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return `img` downscaled (aspect kept, never upscaled) to at most `max_pixels` pixels."""
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (w * h))
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-    return img.resize(size, Image.Resampling.LANCZOS)
+    return fit_within(img, max_pixels)
 
 
 def _is_greyscale(img: Image.Image) -> bool:
