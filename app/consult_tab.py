@@ -38,10 +38,15 @@ FAILED_NOTES = {
 }
 
 
+#: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
+THUMBNAILS_PER_ATTACHMENT = 4
+
+
 def _image_md(att) -> str:
     return " ".join(
-        f"![{att.kind.value} {img.label}](/attachments/{att.id}/{img.position}.png)"
-        for img in att.images[:4]
+        f"[![{att.original_name}, {img.label}](/attachments/{att.id}/{img.position}.png)]"
+        f"(/attachments/{att.id}/{img.position}.png)"
+        for img in att.images[:THUMBNAILS_PER_ATTACHMENT]
     )
 
 
@@ -107,8 +112,8 @@ def build_consult_tab(
                 show_label=False, elem_id="consult-input",
             )  # fmt: skip
             with gr.Row():
-                stop_btn = gr.Button("Stop", variant="stop", size="sm")
-                retry_btn = gr.Button("Retry / regenerate", size="sm")
+                stop_btn = gr.Button("Stop", size="sm", scale=0, min_width=100)
+                retry_btn = gr.Button("Retry / regenerate", size="sm", scale=0, min_width=160)
             status = gr.Markdown(elem_id="consult-status")
 
     # --- handlers -------------------------------------------------------------------------
@@ -148,6 +153,12 @@ def build_consult_tab(
             raise gr.Error("Open a consultation first.")
         rename_consultation(db, int(cid), user.id, new_title)
         return gr.update(choices=_choices(db, user), value=int(cid))
+
+    @guard
+    def report_choices(user: UserRecord, cid: int | None):
+        if cid is None:
+            return gr.update(choices=[], value=None)
+        return gr.update(choices=_attachment_choices(flow.chat_history(user, int(cid))))
 
     @guard
     def show_report(user: UserRecord, cid: int | None, key: str | None):
@@ -190,14 +201,17 @@ def build_consult_tab(
                 gr.skip(),
                 message,
                 f"⚠️ **Not sent — some files cannot be used:**\n{lines}",
+                gr.skip(),
             )
             return
         records = flow.chat_history(user, cid)
         shown = render(records)
-        yield gr.update(choices=_choices(db, user), value=cid), shown, None, ""
+        choices = _choices(db, user)
+        title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
+        yield gr.update(choices=choices, value=cid), shown, None, "", title_text
         answer = flow.answer(user, cid, variant_name)
         for chat_value in _stream(user, answer, shown):
-            yield cid, chat_value, gr.skip(), _status(answer)
+            yield cid, chat_value, gr.skip(), _status(answer), gr.skip()
 
     @guard
     def retry(user: UserRecord, cid: int | None, variant_name: str | None):
@@ -221,10 +235,11 @@ def build_consult_tab(
         rename_btn.click(rename, [consultation, title], [consultation], api_name="rename")
         report.change(show_report, [consultation, report], [report_text], api_name="report_text")
         limit = config.concurrency
-        send_ev = box.submit(send, [box, consultation, variant], [consultation, chat, box, status],
+        send_ev = box.submit(send, [box, consultation, variant], [consultation, chat, box, status, title],
                              api_name="send", concurrency_limit=limit)  # fmt: skip
         retry_ev = retry_btn.click(retry, [consultation, variant], [chat, status],
                                    api_name="retry", concurrency_limit=limit)  # fmt: skip
+        send_ev.then(report_choices, [consultation], [report], api_visibility="private")
         stop_btn.click(None, None, None, cancels=[send_ev, retry_ev])
 
     return wire

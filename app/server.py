@@ -26,7 +26,7 @@ from starlette.routing import Mount
 from app.auth import Auth
 from app.config import AppConfig
 from app.engines import EngineRegistry
-from app.ui import build_ui
+from app.ui import CSS_PATH, build_ui
 from app.workflow import Consultations
 from storage import (
     Database,
@@ -143,6 +143,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
         show_error=True,
         footer_links=["api"],
         run_history=False,
+        css_paths=[CSS_PATH],
     )
     gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
     return api, blocks

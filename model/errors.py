@@ -31,7 +31,9 @@ class ModelError(PulseMindError):
 
 
 class ModelUnreachable(ModelError):
-    user_message = "The model server cannot be reached. Your conversation is saved; retry in a moment."
+    user_message = (
+        "The model server cannot be reached. Your conversation is saved; retry in a moment."
+    )
 
 
 class ModelTimeout(ModelError):
@@ -41,7 +43,9 @@ class ModelTimeout(ModelError):
 class ModelDiedMidAnswer(ModelError):
     """The stream broke after some text arrived; `partial` is what came before the break."""
 
-    user_message = "The model server stopped in the middle of the answer. The partial answer is kept; retry."
+    user_message = (
+        "The model server stopped in the middle of the answer. The partial answer is kept; retry."
+    )
 
     def __init__(self, detail: str | None = None, partial: str = ""):
         super().__init__(detail)

@@ -50,7 +50,9 @@ class ServeConfig:
     """Loopback by default: the app is the server's only client."""
     port: int | None = None
     """None picks a free port."""
-    python: str = field(default_factory=lambda: os.environ.get("PULSEMIND_VLLM_PYTHON", sys.executable))
+    python: str = field(
+        default_factory=lambda: os.environ.get("PULSEMIND_VLLM_PYTHON", sys.executable)
+    )
     """Interpreter of the environment vLLM is installed in."""
     lora_modules: dict[str, str] = field(default_factory=dict)
     """Adapters to load at start: name -> directory."""
@@ -147,7 +149,9 @@ class VLLMServer:
             except httpx.HTTPError:
                 pass  # not listening yet: keep polling
             time.sleep(0.5)
-        raise TimeoutError(f"vLLM not healthy after {self.config.startup_timeout_s}s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"vLLM not healthy after {self.config.startup_timeout_s}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -163,7 +167,9 @@ class VLLMServer:
             timeout=120,
         )
         if r.status_code != 200:
-            raise RuntimeError(f"loading adapter {name!r} failed: HTTP {r.status_code} {r.text[:300]}")
+            raise RuntimeError(
+                f"loading adapter {name!r} failed: HTTP {r.status_code} {r.text[:300]}"
+            )
 
     def kill(self) -> None:
         """SIGKILL the whole server process group (tests: a server that dies mid-answer)."""

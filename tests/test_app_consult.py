@@ -153,3 +153,11 @@ def test_roles_are_checked_on_the_server(app_url, app_db, tmp_path):
     ).json()[0]
     assert a.get(f"/gradio_api/file={path}").status_code == 200
     assert login(app_url, "bob").get(f"/gradio_api/file={path}").status_code == 404
+
+
+def test_upload_size_is_capped(app_url):
+    """Gradio refuses uploads over the configured cap before they reach intake."""
+    a = login(app_url, "alice")
+    big = b"\0" * (51 * 2**20)  # default cap: 50 MB
+    r = a.post("/gradio_api/upload", files={"files": ("huge.png", big, "image/png")})
+    assert r.status_code in (413, 400), r.text

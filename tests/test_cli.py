@@ -27,7 +27,9 @@ def test_user_add_and_login(tmp_path):
     again = pulsemind("user", "add", "dr.house", "--role", "admin", "--database-url", url,
                       stdin="another long password\n")  # fmt: skip
     assert again.returncode != 0 and "taken" in again.stderr.lower()
-    short = pulsemind("user", "add", "xavier", "--role", "admin", "--database-url", url, stdin="short\n")
+    short = pulsemind(
+        "user", "add", "xavier", "--role", "admin", "--database-url", url, stdin="short\n"
+    )
     assert short.returncode != 0 and "12" in short.stderr
     bad_role = pulsemind("user", "add", "y", "--role", "root", "--database-url", url)
     assert bad_role.returncode == 2

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.chat import ChatMessage, Completion, Delta, SamplingParams
-from model.errors import ModelDiedMidAnswer, ModelRejectedInput, ModelUnreachable
+from model.errors import ModelRejectedInput, ModelUnreachable
 from model.openai_engine import OpenAIEngine, OpenAIEngineConfig, to_openai_messages
 from model.serve import VLLMServer, free_port
 
@@ -132,3 +132,16 @@ def test_embedded_engine_answers_the_same_consultation(demo_model_dir):
     assert deltas and "".join(d.text for d in deltas) == final.text
     assert final.prompt_tokens and final.prompt_tokens > 3 * 64
     assert 0 < final.completion_tokens <= GREEDY.max_tokens
+
+
+def test_serve_flags_match_what_the_app_needs(tmp_path):
+    """`pulsemind serve` passes the paper's inference limits (the fixture server runs with them)."""
+    from model.serve import ServeConfig
+
+    argv = ServeConfig(model=str(tmp_path), python="py").argv(8000)
+    joined = " ".join(argv)
+    assert '--limit-mm-per-prompt {"image": 30}' in joined
+    assert "--enable-lora --max-lora-rank 64" in joined
+    assert argv[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        ServeConfig(model="m", lora_modules={"x": str(tmp_path)})
