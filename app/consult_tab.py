@@ -56,7 +56,7 @@ def render(records: list[MessageRecord]) -> list[dict]:
     for m in records:
         if m.role is MessageRole.USER:
             files = [
-                f"📎 **{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}"
+                f"**{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}"
                 for a in m.attachments
             ]
             out.append({"role": "user", "content": "\n\n".join([*files, m.text]).strip()})
