@@ -161,3 +161,40 @@ def test_upload_size_is_capped(app_url):
     big = b"\0" * (51 * 2**20)  # default cap: 50 MB
     r = a.post("/gradio_api/upload", files={"files": ("huge.png", big, "image/png")})
     assert r.status_code in (413, 400), r.text
+
+
+def test_stop_keeps_the_partial_answer(app_url, app_db):
+    """The Stop button (an event cancel, as the browser sends it) records what had arrived."""
+    import time
+
+    from storage import ensure_model_variant
+
+    ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny",
+                         sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
+    try:
+        alice = client(app_url, "alice")
+        job = alice.submit({"text": "Long answer please", "files": []}, None, "tiny",
+                           api_name="/send")  # fmt: skip
+        cid = None
+        for out in job:
+            if out[1] and out[1][-1]["role"] == "assistant" and text_of(out[1][-1]):
+                cid = _cid(out[0])
+                break
+        job.cancel()
+        user = get_user_by_name(app_db, "alice")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msgs = history(app_db, cid, user_id=user.id)
+            if len(msgs) == 2:
+                break
+            time.sleep(0.2)
+        assert msgs[1].finish_reason.value == "cancelled" and msgs[1].text
+        assert msgs[1].completion_tokens is None or msgs[1].completion_tokens < 3000
+    finally:
+        ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny", sampling_defaults={})
+
+
+def app_db_endpoint(db: Database) -> str:
+    from storage import get_variant_by_name
+
+    return get_variant_by_name(db, "tiny").endpoint
