@@ -63,7 +63,7 @@ class AppConfig:
             raise ValueError("--model-url needs --model (the served model name to ask for).")
         if self.model and not self.model_url:
             raise ValueError("--model needs --model-url (where that model is served).")
-        if not (0 < self.port < 65536):
+        if not (0 <= self.port < 65536):  # 0: any free port (tests, benchmarks)
             raise ValueError(f"--port {self.port} is not a TCP port.")
 
     @property

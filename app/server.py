@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -28,6 +31,7 @@ from app.config import AppConfig
 from app.engines import EngineRegistry
 from app.ui import CSS_PATH, build_ui
 from app.workflow import Consultations
+from model.serve import free_port
 from storage import (
     Database,
     NotFound,
@@ -37,6 +41,9 @@ from storage import (
     get_user_by_name,
     user_can_access_attachment,
 )
+
+#: Importing gradio/transformers and building the UI takes seconds on a loaded 2-core box.
+APP_START_TIMEOUT_S = 60
 
 FIRST_ADMIN_HINT = (
     "No users exist yet. Create the first admin with:\n    pulsemind user add NAME --role admin"
@@ -153,3 +160,26 @@ def serve(config: AppConfig) -> None:
     api, _ = create_app(config)
     logger.info("PulseMind on http://{}:{}", config.host, config.port)
     uvicorn.run(api, host=config.host, port=config.port, log_level="warning")
+
+
+@contextmanager
+def serve_in_thread(config: AppConfig, db: Database | None = None) -> Iterator[str]:
+    """The real app under uvicorn in a background thread (tests, benchmarks); yields its URL.
+
+    Binds `config.host`; port 0 picks a free one.
+    """
+    api, _ = create_app(config, db)
+    port = config.port or free_port(config.host)
+    server = uvicorn.Server(uvicorn.Config(api, host=config.host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="pulsemind-app", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + APP_START_TIMEOUT_S
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the app did not start on {config.host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{config.host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

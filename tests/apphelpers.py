@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 from PIL import Image
 
 from app.config import AppConfig
-from app.server import create_app
-from model.serve import free_port
+from app.server import serve_in_thread
 from storage import Database, create_user
 
 PASSWORD = "correct horse battery"
@@ -27,24 +23,11 @@ def make_users(db: Database) -> None:
         create_user(db, name, PASSWORD, role)
 
 
-@contextmanager
 def running_app(config: AppConfig, db: Database):
-    """The real app (FastAPI + Gradio) under uvicorn in a thread; yields its URL."""
-    api, _ = create_app(config, db)
-    port = config.port if config.port != 7860 else free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("app did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    """The real app (FastAPI + Gradio) under uvicorn in a thread on a free port; yields its URL."""
+    if config.port == AppConfig.port:  # the default 7860 may be taken: use a free port
+        config = dataclasses.replace(config, port=0)
+    return serve_in_thread(config, db)
 
 
 def login(url: str, user: str, password: str = PASSWORD) -> httpx.Client:
