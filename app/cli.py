@@ -5,6 +5,7 @@
     pulsemind demo-model [DIR]                                      # build the tiny demo model
     pulsemind intake FILE... [--json]                               # what the model would receive
     pulsemind bench intake [FILE...]                                # intake speed and bytes saved
+    pulsemind bench consult [--concurrency 1 16]                    # app vs direct-to-vLLM ratios
     pulsemind db upgrade                                            # apply migrations
     pulsemind user add NAME --role ROLE                             # create a user (asks password)
 
@@ -66,12 +67,16 @@ def _cmd_intake(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "consult":
+        from app.bench_consult import bench_consult_main
+
+        return bench_consult_main(args.rest)
     if args.what == "intake":
         from pathlib import Path
 
         from model.bench_intake import bench_intake_main
 
-        return bench_intake_main([Path(f) for f in args.files] or None)
+        return bench_intake_main([Path(f) for f in args.rest] or None)
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -177,8 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_intake)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios")
-    b.add_argument("what", choices=["intake"])
-    b.add_argument("files", nargs="*")
+    b.add_argument("what", choices=["intake", "consult"])
+    b.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="intake: files (default: built-in samples); consult: its options (--help)",
+    )
     b.set_defaults(func=_cmd_bench)
     return p
 

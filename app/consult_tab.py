@@ -7,13 +7,14 @@ checks hold for the browser and for HTTP clients.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import gradio as gr
 
 from app.auth import CLINICAL, Auth
 from app.config import AppConfig
-from app.workflow import Answer, Consultations, UploadRejected
+from app.workflow import Answer, Consultations
 from storage import (
     Database,
     MessageRecord,
@@ -38,6 +39,9 @@ FAILED_NOTES = {
 }
 
 
+#: Longest a streaming answer waits between screen updates: smooth to the eye (20 per second),
+#: and it bounds the per-token cost of Gradio's diff and postprocess when tokens come fast.
+UI_UPDATE_INTERVAL_S = 0.05
 #: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
 THUMBNAILS_PER_ATTACHMENT = 4
 
@@ -56,8 +60,7 @@ def render(records: list[MessageRecord]) -> list[dict]:
     for m in records:
         if m.role is MessageRole.USER:
             files = [
-                f"**{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}"
-                for a in m.attachments
+                f"**{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}" for a in m.attachments
             ]
             out.append({"role": "user", "content": "\n\n".join([*files, m.text]).strip()})
         elif m.role is MessageRole.ASSISTANT:
@@ -171,11 +174,15 @@ def build_consult_tab(
         return ""
 
     def _stream(user: UserRecord, answer: Answer, shown: list[dict]) -> Iterator[list[dict]]:
-        """Yield the chat while the answer streams; record it however it ends."""
+        """Yield the chat while the answer streams (at most every UI_UPDATE_INTERVAL_S); record it."""
         texts = iter(answer)
+        last = 0.0
         try:
             for text in texts:
-                yield [*shown, {"role": "assistant", "content": text}]
+                now = time.monotonic()
+                if now - last >= UI_UPDATE_INTERVAL_S:
+                    last = now
+                    yield [*shown, {"role": "assistant", "content": text}]
         finally:
             texts.close()  # on Stop: ends the model stream and fixes the partial text first
             flow.record(user, answer)
@@ -188,30 +195,27 @@ def build_consult_tab(
         yield final
 
     @guard
-    def send(user: UserRecord, message: dict | None, cid: int | None, variant_name: str | None):
+    def send(user: UserRecord, message: dict | None, cid: int | None):
+        """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained."""
         message = message or {}
         files = [(_display_name(f), _path(f)) for f in message.get("files") or []]
-        try:
-            cid, _ = flow.add_turn(user, int(cid) if cid else None, message.get("text", ""), files)
-        except UploadRejected as exc:
-            lines = "\n".join(f"- {e}" for e in exc.errors)
-            # keep the draft and the files in the box so the clinician can fix and resend
-            yield (
-                gr.skip(),
-                gr.skip(),
-                message,
-                f"⚠️ **Not sent — some files cannot be used:**\n{lines}",
-                gr.skip(),
-            )
-            return
-        records = flow.chat_history(user, cid)
-        shown = render(records)
+        # UploadRejected (one line per file) reaches the browser as an error; the draft and its
+        # files stay in the box because no output is updated.
+        cid, _ = flow.add_turn(user, int(cid) if cid else None, message.get("text", ""), files)
         choices = _choices(db, user)
         title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
-        yield gr.update(choices=choices, value=cid), shown, None, "", title_text
-        answer = flow.answer(user, cid, variant_name)
-        for chat_value in _stream(user, answer, shown):
-            yield cid, chat_value, gr.skip(), _status(answer), gr.skip()
+        shown = render(flow.chat_history(user, cid))
+        return gr.update(choices=choices, value=cid), shown, None, "", title_text
+
+    @guard
+    def answer(user: UserRecord, cid: int | None, variant_name: str | None):
+        """Stream the model's answer to the last turn; plain values only (cheap per token)."""
+        if cid is None:
+            raise gr.Error("Open a consultation first.")
+        records = flow.chat_history(user, int(cid))
+        ans = flow.answer(user, int(cid), variant_name)
+        for chat_value in _stream(user, ans, render(records)):
+            yield chat_value, _status(ans)
 
     @guard
     def retry(user: UserRecord, cid: int | None, variant_name: str | None):
@@ -235,12 +239,14 @@ def build_consult_tab(
         rename_btn.click(rename, [consultation, title], [consultation], api_name="rename")
         report.change(show_report, [consultation, report], [report_text], api_name="report_text")
         limit = config.concurrency
-        send_ev = box.submit(send, [box, consultation, variant], [consultation, chat, box, status, title],
+        send_ev = box.submit(send, [box, consultation], [consultation, chat, box, status, title],
                              api_name="send", concurrency_limit=limit)  # fmt: skip
+        answer_ev = send_ev.success(answer, [consultation, variant], [chat, status],
+                                    api_name="answer", concurrency_limit=limit)  # fmt: skip
         retry_ev = retry_btn.click(retry, [consultation, variant], [chat, status],
                                    api_name="retry", concurrency_limit=limit)  # fmt: skip
-        send_ev.then(report_choices, [consultation], [report], api_visibility="private")
-        stop_btn.click(None, None, None, cancels=[send_ev, retry_ev])
+        answer_ev.then(report_choices, [consultation], [report], api_visibility="private")
+        stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev])
 
     return wire
 

@@ -69,6 +69,44 @@ class UploadRegistry:
             return self._owner.get(str(Path(path).resolve())) == user
 
 
+class FileGuard:
+    """ASGI middleware: `/file=` paths only for their uploader; remembers who uploaded what.
+
+    Plain ASGI rather than `@app.middleware("http")`, which would wrap every streamed SSE chunk
+    of every answer; here other requests pass straight through.
+    """
+
+    def __init__(self, app, *, uploads: UploadRegistry, current_user) -> None:
+        self.app, self.uploads, self.current_user = app, uploads, current_user
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if "/file=" in path:
+            target = unquote(path.split("/file=", 1)[1])
+            if not self.uploads.allowed(self.current_user(Request(scope)), target):
+                await JSONResponse({"error": "not found"}, status_code=404)(scope, receive, send)
+                return
+        elif path.rstrip("/").endswith("/upload"):
+            send = self._recording_uploads(scope, send)
+        await self.app(scope, receive, send)
+
+    def _recording_uploads(self, scope, send):
+        user = self.current_user(Request(scope))
+        status, body = [0], bytearray()
+
+        async def recording_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body") and status[0] == 200 and user is not None:
+                    paths = json.loads(bytes(body))
+                    self.uploads.add(user, [p for p in paths if isinstance(p, str)])
+            await send(message)
+
+        return recording_send
+
+
 def ensure_variants(db: Database, config: AppConfig) -> None:
     """Register the configured model (or the demo model) as an active variant."""
     if config.model_url:
@@ -120,22 +158,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
             return JSONResponse({"error": "not found"}, status_code=404)
         return Response(img.png, media_type="image/png", headers={"Cache-Control": "private"})
 
-    @api.middleware("http")
-    async def guard_files(request: Request, call_next):
-        path = request.url.path
-        if "/file=" in path:
-            target = unquote(path.split("/file=", 1)[1])
-            if not uploads.allowed(current_user(request), target):
-                return JSONResponse({"error": "not found"}, status_code=404)
-        response = await call_next(request)
-        if path.rstrip("/").endswith("/upload") and response.status_code == 200:
-            body = b"".join([chunk async for chunk in response.body_iterator])
-            user = current_user(request)
-            if user is not None:
-                uploads.add(user, [p for p in json.loads(body) if isinstance(p, str)])
-            headers = {k: v for k, v in response.headers.items() if k != "content-length"}
-            return Response(body, status_code=200, headers=headers)
-        return response
+    api.add_middleware(FileGuard, uploads=uploads, current_user=current_user)
 
     api = gr.mount_gradio_app(
         api,

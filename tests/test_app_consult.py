@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import pytest
 from apphelpers import (
@@ -45,16 +46,29 @@ def client(url: str, user: str) -> Client:
     return Client(url, auth=(user, PASSWORD), verbose=False)
 
 
-def send(c: Client, text: str, files=(), cid=None):
-    """Submit a turn; return (snapshots of every streamed output, final outputs)."""
-    job = c.submit({"text": text, "files": [handle_file(str(f)) for f in files]}, cid, "tiny",
-                   api_name="/send")  # fmt: skip
+class Turn(NamedTuple):
+    cid: int
+    seen: list  # snapshots of every streamed (chat, status) output of /answer
+    chat: list
+    status: str
+
+
+def send(c: Client, text: str, files=(), cid=None) -> Turn:
+    """What the browser does on Enter: /send stores the turn, then /answer streams the answer."""
+    msg = {"text": text, "files": [handle_file(str(f)) for f in files]}
+    dropdown, *_ = c.predict(msg, cid, api_name="/send")
+    cid = _cid(dropdown)
+    job = c.submit(cid, "tiny", api_name="/answer")
     # gradio_client patches one output object in place as diffs arrive: copy each as it comes
     seen = [copy.deepcopy(out) for out in job]
-    return seen, job.result(timeout=300)
+    chat, status = job.result(timeout=300)
+    return Turn(cid, seen, chat, status)
 
 
 def _cid(dropdown_value) -> int:
+    """/send answers with a dropdown update (choices + value); a plain id elsewhere."""
+    if isinstance(dropdown_value, dict):
+        dropdown_value = dropdown_value["value"]
     return int(dropdown_value)
 
 
@@ -62,9 +76,9 @@ def test_three_turn_consultation_streams_persists_and_reopens(app_url, app_db, t
     alice = client(app_url, "alice")
     files = [png_file(tmp_path / "ecg.png", 1), png_file(tmp_path / "xray.png", 2, (800, 600)),
              lab_report_pdf(tmp_path / "labs.pdf")]  # fmt: skip
-    outputs, final = send(alice, "Chest pain since yesterday, see attached.", files)
-    cid = _cid(final[0])
-    chats = [o[1] for o in outputs if o[1]]
+    turn = send(alice, "Chest pain since yesterday, see attached.", files)
+    cid = turn.cid
+    chats = [o[0] for o in turn.seen if o[0]]
     answers = [text_of(c[-1]) for c in chats if c[-1]["role"] == "assistant"]
     assert len(answers) >= 3, "the answer should arrive as several streamed updates"
     assert any(len(a) < len(answers[-2]) for a in answers[:-2]), "text should grow while streaming"
@@ -80,8 +94,7 @@ def test_three_turn_consultation_streams_persists_and_reopens(app_url, app_db, t
     assert ans.sampling_params["max_tokens"] > 0 and ans.model_variant_id is not None
 
     for text in ("The pain gets worse when climbing stairs.", "What should we do next?"):
-        _, final = send(alice, text, cid=cid)
-        assert _cid(final[0]) == cid
+        assert send(alice, text, cid=cid).cid == cid
     msgs = history(app_db, cid, user_id=user.id)
     assert [m.role for m in msgs] == [MessageRole.USER, MessageRole.ASSISTANT] * 3
 
@@ -99,34 +112,32 @@ def test_three_turn_consultation_streams_persists_and_reopens(app_url, app_db, t
 
 def test_bad_upload_is_refused_per_file_and_nothing_is_lost(app_url, app_db, tmp_path):
     alice = client(app_url, "alice")
-    _, final = send(alice, "First question")
-    cid = _cid(final[0])
+    cid = send(alice, "First question").cid
     user = get_user_by_name(app_db, "alice")
     before = history(app_db, cid, user_id=user.id)
     fake = tmp_path / "scan.dcm"
     fake.write_bytes(b"this is not a DICOM file at all" * 10)
     good = png_file(tmp_path / "ok.png", 5)
-    _, final = send(alice, "Here is the CT", [good, fake], cid=cid)
-    status = final[3]
-    assert "scan.dcm" in status and "ok.png" not in status.split("scan.dcm")[0][-5:]
-    assert final[2]["text"] == "Here is the CT", "the draft stays in the box"
+    with pytest.raises(AppError) as refused:
+        send(alice, "Here is the CT", [good, fake], cid=cid)
+    message = str(refused.value)
+    assert "scan.dcm" in message and "DICOM" in message and "ok.png:" not in message
     assert history(app_db, cid, user_id=user.id) == before
 
 
 def test_roles_are_checked_on_the_server(app_url, app_db, tmp_path):
     alice = client(app_url, "alice")
-    _, final = send(alice, "A private question", [png_file(tmp_path / "p.png", 9)])
-    cid = _cid(final[0])
+    cid = send(alice, "A private question", [png_file(tmp_path / "p.png", 9)]).cid
     att = history(app_db, cid, user_id=get_user_by_name(app_db, "alice").id)[0].attachments[0]
 
     ann = client(app_url, "ann")
     for args, api in [((cid,), "/open_consultation"), ((), "/new_consultation"),
-                      (({"text": "hi", "files": []}, None, "tiny"), "/send"),
+                      (({"text": "hi", "files": []}, None), "/send"), ((cid, "tiny"), "/answer"),
                       ((cid, "tiny"), "/retry"), ((cid, "x"), "/rename")]:  # fmt: skip
         with pytest.raises(AppError, match="annotator"):
             ann.predict(*args, api_name=api)
     denied = list_audit(app_db, user_id=get_user_by_name(app_db, "ann").id)
-    assert sum(e.action == "denied" for e in denied) >= 5
+    assert sum(e.action == "denied" for e in denied) >= 6
 
     # anonymous callers get nothing
     with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types by version
@@ -173,12 +184,12 @@ def test_stop_keeps_the_partial_answer(app_url, app_db):
                          sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
     try:
         alice = client(app_url, "alice")
-        job = alice.submit({"text": "Long answer please", "files": []}, None, "tiny",
-                           api_name="/send")  # fmt: skip
-        cid = None
+        dropdown, *_ = alice.predict({"text": "Long answer please", "files": []}, None,
+                                     api_name="/send")  # fmt: skip
+        cid = _cid(dropdown)
+        job = alice.submit(cid, "tiny", api_name="/answer")
         for out in job:
-            if out[1] and out[1][-1]["role"] == "assistant" and text_of(out[1][-1]):
-                cid = _cid(out[0])
+            if out[0] and out[0][-1]["role"] == "assistant" and text_of(out[0][-1]):
                 break
         job.cancel()
         user = get_user_by_name(app_db, "alice")

@@ -114,21 +114,22 @@ def test_app_shows_error_keeps_conversation_and_retries(doomed_server, tmp_path)
         ensure_model_variant(db, "tiny", doomed_server.base_url, "tiny",
                              sampling_defaults=LONG.to_dict())  # fmt: skip
         alice = Client(url, auth=("alice", PASSWORD), verbose=False)
-        job = alice.submit({"text": "Fever and rash in a child.", "files": []}, None, "tiny",
-                           api_name="/send")  # fmt: skip
+        dropdown, *_ = alice.predict({"text": "Fever and rash in a child.", "files": []}, None,
+                                     api_name="/send")  # fmt: skip
+        cid = int(dropdown["value"])
+        job = alice.submit(cid, "tiny", api_name="/answer")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             outs = job.outputs()
-            if outs and outs[-1][1] and outs[-1][1][-1]["role"] == "assistant":
+            if outs and outs[-1][0] and outs[-1][0][-1]["role"] == "assistant":
                 break
             time.sleep(0.05)
         killer = threading.Thread(target=doomed_server.kill)
         killer.start()
-        final = job.result(timeout=120)
+        chat, status = job.result(timeout=120)
         killer.join()
-        cid = int(final[0])
-        assert "stopped in the middle" in final[3]  # the status line says what happened
-        assert "Retry" in text_of(final[1][-1])  # ... and so does the conversation
+        assert "stopped in the middle" in status  # the status line says what happened
+        assert "Retry" in text_of(chat[-1])  # ... and so does the conversation
         user = get_user_by_name(db, "alice")
         msgs = history(db, cid, user_id=user.id)
         assert [m.role for m in msgs] == [MessageRole.USER, MessageRole.ASSISTANT]

@@ -1,0 +1,563 @@
+"""Consult benchmark: time to first token and tokens/s through the app vs straight to vLLM.
+
+    pulsemind bench consult                                   # all built here; a few minutes
+    pulsemind bench consult --model-url URL --model NAME      # against a running server
+    pulsemind bench consult --concurrency 1 16 --repeats 3 --max-tokens 128 --json out.json
+
+Why: the app sits between the clinician and the model server (Gradio's queue and SSE stream,
+the database writes of each turn, re-rendering the chat). It should add next to nothing; the
+goal is through-app throughput at 16 concurrent consultations >= 0.9x direct.
+
+How: by default it builds the tiny demo model in a temp dir, starts vLLM on a free loopback
+port, makes a temp SQLite database with one clinician per concurrent consultation, and runs
+the app in this process (uvicorn in a thread). For each concurrency level and repeat it runs
+one batch of N simultaneous requests on each path, direct then app:
+
+- direct: N threads stream one chat completion each with `OpenAIEngine` (the client the app
+  itself uses), with exactly the messages and sampling the app sent (taken from the warm-up
+  turn in the database), so both paths ask for the same thing;
+- app: N `gradio_client` Clients, each logged in as its own clinician, submit a new
+  consultation turn to `/send`, then streams `/answer`, as the browser does. TTFT is the arrival of the first output whose last chat
+  message is assistant text; the end is the arrival of `process_completed`. Arrival times
+  are taken in the client's SSE reader thread, because gradio_client hands messages on to
+  the job by polling every 50 ms, which would otherwise be counted against the app.
+
+Sampling is greedy with a fixed seed (temperature 0, the variant's `sampling_defaults`), so both
+paths generate the same text; token counts are the ones recorded (vLLM's usage on the direct
+path, `messages.completion_tokens` in the database on the app path). Per request,
+tokens/s = (completion tokens - 1) / (total time - TTFT): the rate after the first token.
+Per batch, throughput = all completion tokens / batch wall time. Each number is the median over
+repeats (after one unmeasured warm-up batch per path); ratios are app / direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loguru import logger
+from tqdm import tqdm
+
+#: Bounds every wait so a stuck server fails the run instead of hanging it.
+REQUEST_TIMEOUT_S = 300.0
+#: uvicorn starts in about a second; Gradio's first config build can take a few more.
+APP_START_TIMEOUT_S = 60.0
+#: Threads of a batch wait for each other this long before starting together.
+BARRIER_TIMEOUT_S = 120.0
+#: Pause before each batch. vLLM's CPU server answers a request that arrives right after
+#: another one finished up to ~0.6 s late (measured: 15-20 ms TTFT with a 0.1 s gap, 50-750 ms
+#: with none); without the pause whichever path runs second would pay for the first.
+SETTLE_S = 0.5
+#: A short clinical question, text only (the model is greedy, so its length decides nothing).
+PROMPT = (
+    "58-year-old man with crushing central chest pain for two hours, sweating, BP 150/90, "
+    "ECG pending. What do you suspect and what should I do first?"
+)
+#: Load average per CPU, before the run starts anything, above which other work skews timings.
+BUSY_LOAD_PER_CPU = 0.5
+VARIANT = "bench"
+#: Finish reasons of an answer that ran to its end (others: cut off, error, cancelled).
+FINISHED = ("stop", "length")
+SERVED_NAME = "tiny"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to (a failed answer, a broken setup)."""
+
+
+@dataclass
+class BenchConsultConfig:
+    """What `pulsemind bench consult` runs."""
+
+    model_url: str | None = None
+    """OpenAI-compatible server (…/v1); none: build the demo model and start vLLM here."""
+    model: str | None = None
+    """Served model name at `model_url`."""
+    vllm_python: str | None = None
+    """vLLM environment's interpreter when starting a server (default $PULSEMIND_VLLM_PYTHON)."""
+    concurrency: tuple[int, ...] = (1, 16)
+    """Concurrent consultations per batch; the largest is the one the goal is about."""
+    repeats: int = 3
+    """Measured batches per path and level; medians are reported."""
+    max_tokens: int = 128
+    """Answer length (greedy: the tiny model does not stop early)."""
+    seed: int = 0
+    image: bool = False
+    """Attach one small PNG to each turn (the app path then includes upload and intake)."""
+    goal: float = 0.9
+    """Through-app throughput at the largest concurrency should be at least this x direct."""
+
+    def __post_init__(self) -> None:
+        if bool(self.model_url) != bool(self.model):
+            raise ValueError("--model-url and --model go together (the server and its model name).")
+        self.concurrency = tuple(sorted(set(self.concurrency)))
+        if not self.concurrency or self.concurrency[0] < 1:
+            raise ValueError("--concurrency needs whole numbers >= 1.")
+        if self.repeats < 1 or self.max_tokens < 2:
+            raise ValueError("--repeats must be >= 1 and --max-tokens >= 2.")
+
+
+@dataclass
+class Sample:
+    """One request's times (perf_counter seconds) and the tokens it produced."""
+
+    start: float
+    first: float
+    end: float
+    completion_tokens: int
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first - self.start
+
+    @property
+    def tok_s(self) -> float | None:
+        decode = self.end - self.first
+        return (
+            (self.completion_tokens - 1) / decode
+            if self.completion_tokens > 1 and decode > 0
+            else None
+        )
+
+
+def batch_stats(samples: list[Sample]) -> dict:
+    """TTFT p50, per-request tokens/s p50 and aggregate throughput of one batch."""
+    rates = [r for s in samples if (r := s.tok_s) is not None]
+    if not rates:
+        raise BenchError("no request produced more than one token; raise --max-tokens")
+    wall = max(s.end for s in samples) - min(s.start for s in samples)
+    tokens = [s.completion_tokens for s in samples]
+    return {
+        "ttft_p50_s": statistics.median(s.ttft_s for s in samples),
+        "tok_s_p50": statistics.median(rates),
+        "throughput_tok_s": sum(tokens) / wall,
+        "wall_s": wall,
+        "completion_tokens": tokens,
+    }
+
+
+def summarize(config: BenchConsultConfig, batches: dict[tuple[str, int], list[dict]]) -> dict:
+    """Medians over repeats per path and level, app/direct ratios, and the goal verdict."""
+    levels = []
+    for c in config.concurrency:
+        level: dict = {"concurrency": c}
+        for path in ("direct", "app"):
+            runs = batches[(path, c)]
+            level[path] = {
+                k: statistics.median(r[k] for r in runs)
+                for k in ("ttft_p50_s", "tok_s_p50", "throughput_tok_s")
+            } | {"repeats": runs}
+        d, a = level["direct"], level["app"]
+        level["ratios"] = {
+            "ttft": a["ttft_p50_s"] / d["ttft_p50_s"],
+            "tok_s": a["tok_s_p50"] / d["tok_s_p50"],
+            "throughput": a["throughput_tok_s"] / d["throughput_tok_s"],
+        }
+        counts = {p: sorted({t for r in level[p]["repeats"] for t in r["completion_tokens"]})
+                  for p in ("direct", "app")}  # fmt: skip
+        level["completion_tokens"] = counts
+        level["tokens_match"] = counts["direct"] == counts["app"]
+        levels.append(level)
+    top = levels[-1]
+    return {
+        "settings": asdict(config),
+        "levels": levels,
+        "goal": {
+            "concurrency": top["concurrency"],
+            "throughput_ratio": top["ratios"]["throughput"],
+            "target": config.goal,
+            "met": top["ratios"]["throughput"] >= config.goal,
+        },
+    }
+
+
+def format_report(result: dict) -> str:
+    """The table people read; the numbers are also in `--json`."""
+    head = (
+        f"{'':>11}  {'TTFT p50 (ms)':^28}  {'tokens/s per request (p50)':^28}  "
+        f"{'aggregate tokens/s':^28}\n"
+        f"{'concurrent':>11}" + f"  {'direct':>8} {'app':>8} {'app/dir':>10}" * 3
+    )
+    rows = []
+    for lv in result["levels"]:
+        d, a, r = lv["direct"], lv["app"], lv["ratios"]
+        rows.append(
+            f"{lv['concurrency']:>11}"
+            f"  {d['ttft_p50_s'] * 1e3:>8.1f} {a['ttft_p50_s'] * 1e3:>8.1f} {r['ttft']:>9.2f}x"
+            f"  {d['tok_s_p50']:>8.1f} {a['tok_s_p50']:>8.1f} {r['tok_s']:>9.2f}x"
+            f"  {d['throughput_tok_s']:>8.1f} {a['throughput_tok_s']:>8.1f} {r['throughput']:>9.2f}x"
+        )
+    notes = []
+    for lv in result["levels"]:
+        if not lv["tokens_match"]:
+            notes.append(f"note: at {lv['concurrency']} concurrent the paths generated different "
+                         f"token counts {lv['completion_tokens']}; rates use the actual counts")  # fmt: skip
+    machine = result.get("machine")
+    if machine and machine["load_1min"][0] > BUSY_LOAD_PER_CPU * (machine["cpus"] or 1):
+        notes.append(f"note: load average {machine['load_1min'][0]:.1f} on {machine['cpus']} CPUs "
+                     "before the run: other work competed for the CPU, so the numbers are noisy")  # fmt: skip
+    s, g = result["settings"], result["goal"]
+    verdict = "met" if g["met"] else "NOT met"
+    return "\n".join([
+        f"consult benchmark: max_tokens {s['max_tokens']}, {s['repeats']} repeat(s), medians; "
+        f"image {'yes' if s['image'] else 'no'}; ratios are app/direct",
+        head, *rows, *notes,
+        f"through-app throughput at {g['concurrency']} concurrent: {g['throughput_ratio']:.2f}x "
+        f"direct (goal >= {g['target']:g}x: {verdict})",
+    ])  # fmt: skip
+
+
+# --- the app path -----------------------------------------------------------------------------
+
+
+class _StampedDeque(deque):
+    """gradio_client's per-event message queue, noting when each SSE message arrived."""
+
+    def __init__(self, items=(), arrivals: list | None = None):
+        super().__init__(items)
+        self.arrivals = arrivals if arrivals is not None else []
+
+    def append(self, msg) -> None:
+        if isinstance(msg, dict):
+            self.arrivals.append((time.perf_counter(), msg.get("msg")))
+        super().append(msg)
+
+
+class _StampedEvents(dict):
+    """Replaces `Client.pending_messages_per_event` so every event's queue is stamped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[tuple[float, str | None]] = []
+
+    def _wrap(self, value):
+        if isinstance(value, deque) and not isinstance(value, _StampedDeque):
+            return _StampedDeque(value, self.arrivals)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, self._wrap(value))
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
+def _text_of(content) -> str:
+    """Chatbot message content as text: a string, or Gradio 6's list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return ""
+
+
+def _is_answer_text(output) -> bool:
+    """Whether an /answer output (chat, status) shows assistant text as the chat's last message."""
+    chat = output[0] if isinstance(output, list | tuple) and output else None
+    if not isinstance(chat, list) or not chat or not isinstance(chat[-1], dict):
+        return False
+    return chat[-1].get("role") == "assistant" and bool(_text_of(chat[-1].get("content")))
+
+
+def _consultation_id(dropdown) -> int:
+    """The consultation id /send put in the dropdown (an update dict or a plain value)."""
+    value = dropdown.get("value") if isinstance(dropdown, dict) else dropdown
+    if isinstance(value, int | str) and str(value).isdigit():
+        return int(value)
+    raise BenchError("/send never said which consultation it created")
+
+
+@dataclass
+class AppPath:
+    """Logged-in gradio_client Clients, one per concurrent consultation."""
+
+    url: str
+    db: object
+    users: list[tuple[str, str]]
+    message: dict
+    clients: list = field(default_factory=list)
+
+    def connect(self) -> None:
+        from gradio_client import Client
+
+        for name, password in self.users:
+            # ssl_verify=False: the app is plain HTTP on loopback, so nothing is verified either
+            # way, but gradio_client opens two httpx clients per request and each would load the
+            # CA bundle (~0.1 s of CPU), a client cost a browser does not have.
+            client = Client(self.url, auth=(name, password), verbose=False, ssl_verify=False,
+                            download_files=False, analytics_enabled=False)  # fmt: skip
+            if not isinstance(getattr(client, "pending_messages_per_event", None), dict):
+                raise BenchError("this gradio_client keeps no per-event message queue to time")
+            client.pending_messages_per_event = _StampedEvents()
+            self.clients.append(client)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    def request(self, i: int) -> tuple[Sample, int]:
+        """One new consultation turn by client i; returns its timings and consultation id."""
+        from gradio_client.exceptions import AppError
+
+        from storage import MessageRole, history
+
+        client = self.clients[i]
+        events: _StampedEvents = client.pending_messages_per_event
+        events.arrivals.clear()
+        start = time.perf_counter()
+        try:
+            # what the browser does on Enter: /send stores the turn, /answer streams the answer
+            dropdown, *_ = client.predict(self.message, None, api_name="/send")
+            cid = _consultation_id(dropdown)
+            events.arrivals.clear()
+            job = client.submit(cid, VARIANT, api_name="/answer")
+            job.result(timeout=REQUEST_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise BenchError(f"/answer gave no result in {REQUEST_TIMEOUT_S:.0f}s") from exc
+        except AppError as exc:
+            raise BenchError(f"/send or /answer failed: {exc}") from exc
+        outputs = job.outputs()
+        generating = [t for t, kind in events.arrivals if kind == "process_generating"]
+        done = [t for t, kind in events.arrivals if kind == "process_completed"]
+        if len(generating) != len(outputs) or not done:
+            raise BenchError(f"cannot line up {len(outputs)} outputs with {len(generating)} "
+                             "stamped SSE messages (has gradio_client changed?)")  # fmt: skip
+        first = next(
+            (t for t, o in zip(generating, outputs, strict=True) if _is_answer_text(o)), None
+        )
+        answer = history(self.db, cid)[-1]
+        finished = answer.finish_reason is not None and answer.finish_reason.value in FINISHED
+        if answer.role is not MessageRole.ASSISTANT or not finished:
+            raise BenchError(f"consultation {cid}: the answer did not finish ({answer.error})")
+        if first is None or not answer.completion_tokens:
+            raise BenchError(f"consultation {cid}: no streamed answer text or no token count")
+        return Sample(start, first, done[-1], answer.completion_tokens), cid
+
+
+# --- the direct path and batches --------------------------------------------------------------
+
+
+def direct_request(engine, messages, sampling) -> Sample:
+    """One streamed completion with the app's own model client, timed at our side."""
+    from model.chat import Completion, Delta
+    from model.errors import ModelError
+
+    start = time.perf_counter()
+    first, done = None, None
+    try:
+        for ev in engine.stream(messages, sampling):
+            if isinstance(ev, Delta) and first is None and ev.text:
+                first = time.perf_counter()
+            elif isinstance(ev, Completion):
+                done = ev
+    except ModelError as exc:
+        raise BenchError(f"direct request failed: {exc.detail}") from exc
+    end = time.perf_counter()
+    if first is None or done is None or not done.completion_tokens:
+        raise BenchError("the direct stream produced no text or no token count")
+    return Sample(start, first, end, done.completion_tokens)
+
+
+def run_batch(fn: Callable[[int], Sample], n: int) -> list[Sample]:
+    """n requests started together (a barrier), one thread each; the first failure is raised."""
+    barrier = threading.Barrier(n)
+    results: list[Sample | None] = [None] * n
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(BARRIER_TIMEOUT_S)
+            results[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S + REQUEST_TIMEOUT_S
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if errors:
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
+    if any(t.is_alive() for t in threads) or any(r is None for r in results):
+        raise BenchError(f"a batch of {n} did not finish within {REQUEST_TIMEOUT_S:.0f}s")
+    return results  # type: ignore[return-value]
+
+
+# --- putting it together ----------------------------------------------------------------------
+
+
+def _start_model(cfg: BenchConsultConfig, stack: ExitStack, tmp: Path) -> tuple[str, str]:
+    if cfg.model_url:
+        return cfg.model_url, cfg.model  # type: ignore[return-value]
+    from model.demo_model import build_demo_model
+    from model.serve import ServeConfig, VLLMServer
+
+    python = cfg.vllm_python or os.environ.get("PULSEMIND_VLLM_PYTHON") or _bootstrap_vllm()
+    model_dir = build_demo_model(tmp / "model", seed=0)
+    tqdm.write("starting vLLM with the demo model (25-50 s on 2 cores)...", file=sys.stderr)
+    server = VLLMServer(ServeConfig(
+        model=str(model_dir), served_model_name=SERVED_NAME, python=python, dtype="float32",
+        max_model_len=4096, log_path=str(tmp / "vllm.log"),
+    ))  # fmt: skip
+    stack.callback(server.stop)  # also when it never became healthy: it may still be running
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise BenchError(f"vLLM did not start: {exc}") from exc
+    return server.base_url, SERVED_NAME
+
+
+def _bootstrap_vllm() -> str:
+    """The vLLM environment the tests use (`scripts/bootstrap vllm`: instant once it exists)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bootstrap"
+    if not script.is_file():
+        raise BenchError("no vLLM environment: pass --vllm-python or set PULSEMIND_VLLM_PYTHON, "
+                         "or use --model-url")  # fmt: skip
+    tqdm.write("finding the vLLM environment (scripts/bootstrap vllm)...", file=sys.stderr)
+    try:
+        out = subprocess.run([str(script), "vllm"], check=True, stdout=subprocess.PIPE, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"scripts/bootstrap vllm failed with code {exc.returncode}") from exc
+    return f"{out.stdout.strip()}/bin/python"
+
+
+def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
+    """Run the whole benchmark (servers started and stopped here); return `summarize`'s dict."""
+    from app.config import DEFAULT_CONCURRENCY, AppConfig
+    from app.server import serve_in_thread
+    from app.workflow import to_chat_messages
+    from model.chat import SamplingParams
+    from model.openai_engine import OpenAIEngine, OpenAIEngineConfig
+    from storage import Database, create_user, ensure_model_variant, history
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    n_max = cfg.concurrency[-1]
+    load_before = os.getloadavg()[0]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsemind-bench-")))
+        url, model = _start_model(cfg, stack, tmp)
+        db = Database.sqlite(tmp / "bench.db")
+        stack.callback(db.dispose)
+        db.upgrade()
+        users = [(f"bench-clinician-{i:02d}", secrets.token_urlsafe(18)) for i in range(n_max)]
+        for name, password in users:
+            create_user(db, name, password, "clinician")
+        app_cfg = AppConfig(model_url=url, model=model, variant_name=VARIANT, data_dir=str(tmp),
+                            concurrency=max(DEFAULT_CONCURRENCY, n_max), port=0)  # fmt: skip
+        app_url = stack.enter_context(serve_in_thread(app_cfg, db))
+        # after create_app, which registers the variant without sampling settings
+        ensure_model_variant(db, VARIANT, endpoint=url, served_model_name=model,
+                             sampling_defaults=sampling.to_dict())  # fmt: skip
+        message = {"text": PROMPT, "files": []}
+        if cfg.image:
+            from gradio_client import handle_file
+
+            message["files"] = [handle_file(str(_bench_image(tmp / "scan.png")))]
+        app = AppPath(app_url, db, users, message)
+        stack.callback(app.close)
+        app.connect()
+        engine = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model))
+
+        # Warm-up: one app turn gives the exact prompt the app sent; then a batch per path.
+        _, cid = app.request(0)
+        messages = to_chat_messages(history(db, cid, with_png=True)[:-1])
+        for img in (im for m in messages for im in m.images):
+            img.load()  # decode once here: the direct threads share these lazy PIL images
+        paths = {
+            "direct": lambda i: direct_request(engine, messages, sampling),
+            "app": lambda i: app.request(i)[0],
+        }
+        plan = [(p, n_max, -1) for p in paths] + [
+            (p, c, r) for c in cfg.concurrency for r in range(cfg.repeats) for p in paths
+        ]
+        batches: dict[tuple[str, int], list[dict]] = {
+            (p, c): [] for p in paths for c in cfg.concurrency
+        }
+        bar = tqdm(plan, desc="batches", unit="batch", file=sys.stderr, disable=not progress)
+        for path, c, rep in bar:
+            bar.set_postfix_str(f"{path} x{c} " + ("warm-up" if rep < 0 else f"#{rep + 1}"))
+            time.sleep(SETTLE_S)
+            stats = batch_stats(run_batch(paths[path], c))
+            if rep >= 0:
+                batches[(path, c)].append(stats)
+        bar.close()
+        result = summarize(cfg, batches)
+    result["machine"] = {"cpus": os.cpu_count(), "load_1min": [load_before, os.getloadavg()[0]]}
+    return result
+
+
+def _bench_image(path: Path) -> Path:
+    """A small seeded noise PNG: a scan-like attachment without any patient data."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pulsemind bench consult", description=__doc__.split("\n")[0])
+    p.add_argument("--model-url", help="OpenAI-compatible server (…/v1); default: start vLLM here")
+    p.add_argument("--model", help="served model name at --model-url")
+    p.add_argument("--vllm-python", help="vLLM env's python (default $PULSEMIND_VLLM_PYTHON)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], metavar="N")
+    p.add_argument("--repeats", type=int, default=3, help="measured batches per path and level")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image", action="store_true", help="attach one small PNG to every turn")
+    p.add_argument("--goal", type=float, default=0.9, help="throughput ratio to reach")
+    p.add_argument("--fail-below-goal", action="store_true", help="exit 1 if the goal is missed")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--verbose", action="store_true", help="keep the app's INFO logs")
+    return p
+
+
+def bench_consult_main(argv: list[str] | None = None) -> int:
+    """CLI entry point (`pulsemind bench consult ...`); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = BenchConsultConfig(
+            model_url=args.model_url, model=args.model, vllm_python=args.vllm_python,
+            concurrency=tuple(args.concurrency), repeats=args.repeats,
+            max_tokens=args.max_tokens, seed=args.seed, image=args.image, goal=args.goal,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"pulsemind bench consult: {exc}", file=sys.stderr)
+        return 2
+    quiet = () if args.verbose else ("app", "model", "storage")
+    for name in quiet:  # one INFO line per answer would bury the progress bar
+        logger.disable(name)
+    try:
+        result = run_bench(cfg)
+    except BenchError as exc:
+        print(f"pulsemind bench consult: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for name in quiet:
+            logger.enable(name)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"numbers written to {args.json}")
+    return 1 if args.fail_below_goal and not result["goal"]["met"] else 0
