@@ -10,15 +10,16 @@ goal is through-app throughput at 16 concurrent consultations >= 0.9x direct.
 
 How: by default it builds the tiny demo model in a temp dir, starts vLLM on a free loopback
 port, makes a temp SQLite database with one clinician per concurrent consultation, and runs
-the app in this process (uvicorn in a thread). For each concurrency level and repeat it runs
-one batch of N simultaneous requests on each path, direct then app:
+the app as its own process (`pulsemind app`, as deployed; in this process it would share the
+GIL with the clients). For each concurrency level and repeat it runs one batch of N
+simultaneous requests on each path, direct then app:
 
 - direct: N threads stream one chat completion each with `OpenAIEngine` (the client the app
   itself uses), with exactly the messages and sampling the app sent (taken from the warm-up
   turn in the database), so both paths ask for the same thing;
-- app: N `gradio_client` Clients, each logged in as its own clinician, submit a new
-  consultation turn to `/send`, then streams `/answer`, as the browser does. TTFT is the arrival of the first output whose last chat
-  message is assistant text; the end is the arrival of `process_completed`. Arrival times
+- app: N `gradio_client` Clients, each logged in as its own clinician, store a new
+  consultation turn with `/send`, then stream `/answer`, as the browser does. TTFT runs from
+  the start of `/send` to the first output whose last chat message is assistant text; the end is the arrival of `process_completed`. Arrival times
   are taken in the client's SSE reader thread, because gradio_client hands messages on to
   the job by polling every 50 ms, which would otherwise be counted against the app.
 
@@ -43,8 +44,8 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -349,6 +350,42 @@ class AppPath:
         return Sample(start, first, done[-1], answer.completion_tokens), cid
 
 
+@contextmanager
+def serve_in_subprocess(config, database_url: str, log_path: Path) -> Iterator[str]:
+    """`pulsemind app` in a child process on a free loopback port; yields its URL."""
+    import httpx
+
+    from model.serve import free_port
+
+    port = free_port()
+    argv = [sys.executable, "-m", "app.cli", "app", "--host", "127.0.0.1", "--port", str(port),
+            "--database-url", database_url, "--model-url", config.model_url,
+            "--model", config.model, "--variant-name", config.variant_name,
+            "--concurrency", str(config.concurrency), "--data-dir", config.data_dir]  # fmt: skip
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + APP_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise BenchError(f"the app did not start (exit {proc.returncode}):\n{tail}")
+            try:
+                if httpx.get(f"{url}/", timeout=2).status_code == 200:  # the login page
+                    break
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 # --- the direct path and batches --------------------------------------------------------------
 
 
@@ -443,7 +480,6 @@ def _bootstrap_vllm() -> str:
 def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
     """Run the whole benchmark (servers started and stopped here); return `summarize`'s dict."""
     from app.config import DEFAULT_CONCURRENCY, AppConfig
-    from app.server import serve_in_thread
     from app.workflow import to_chat_messages
     from model.chat import SamplingParams
     from model.openai_engine import OpenAIEngine, OpenAIEngineConfig
@@ -464,7 +500,13 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
             create_user(db, name, password, "clinician")
         app_cfg = AppConfig(model_url=url, model=model, variant_name=VARIANT, data_dir=str(tmp),
                             concurrency=max(DEFAULT_CONCURRENCY, n_max), port=0)  # fmt: skip
-        app_url = stack.enter_context(serve_in_thread(app_cfg, db))
+        # The app runs as its own process, as deployed: in this one it would share the GIL with
+        # the 16 gradio_client "browsers" and the direct path's threads.
+        app_url = stack.enter_context(
+            serve_in_subprocess(
+                app_cfg, db.url.render_as_string(hide_password=False), tmp / "app.log"
+            )
+        )
         # after create_app, which registers the variant without sampling settings
         ensure_model_variant(db, VARIANT, endpoint=url, served_model_name=model,
                              sampling_defaults=sampling.to_dict())  # fmt: skip
