@@ -173,8 +173,9 @@ def build_consult_tab(
                 return next((a.text or "" for a in m.attachments if a.position == pos), "")
         return ""
 
-    def _stream(user: UserRecord, answer: Answer, shown: list[dict]) -> Iterator[list[dict]]:
+    def _stream(user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
         """Yield the chat while the answer streams (at most every UI_UPDATE_INTERVAL_S); record it."""
+        shown = render(answer.history)
         texts = iter(answer)
         last = 0.0
         try:
@@ -186,7 +187,8 @@ def build_consult_tab(
         finally:
             texts.close()  # on Stop: ends the model stream and fixes the partial text first
             flow.record(user, answer)
-        final = render(flow.chat_history(user, answer.consultation_id))
+        stored = [answer.recorded] if answer.recorded is not None else []
+        final = render([*answer.history, *stored])
         out = answer.outcome
         if answer.recorded is None and out is not None and out.error is not None:
             # nothing was stored (no text came): show the failure where the answer would be
@@ -212,20 +214,17 @@ def build_consult_tab(
         """Stream the model's answer to the last turn; plain values only (cheap per token)."""
         if cid is None:
             raise gr.Error("Open a consultation first.")
-        records = flow.chat_history(user, int(cid))
         ans = flow.answer(user, int(cid), variant_name)
-        for chat_value in _stream(user, ans, render(records)):
+        for chat_value in _stream(user, ans):
             yield chat_value, _status(ans)
 
     @guard
     def retry(user: UserRecord, cid: int | None, variant_name: str | None):
         if cid is None:
             raise gr.Error("Open a consultation first.")
-        records = flow.chat_history(user, int(cid))
-        regenerate = bool(records) and records[-1].role is MessageRole.ASSISTANT
-        answer = flow.answer(user, int(cid), variant_name, regenerate=regenerate)
-        shown = render(records[:-1] if regenerate else records)
-        for chat_value in _stream(user, answer, shown):
+        # regenerate: replaces the last answer if there is one, else answers the last question
+        answer = flow.answer(user, int(cid), variant_name, regenerate=True)
+        for chat_value in _stream(user, answer):
             yield chat_value, _status(answer)
 
     def wire(blocks: gr.Blocks) -> None:

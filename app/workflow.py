@@ -134,6 +134,8 @@ class Answer:
     variant: VariantRecord
     sampling: SamplingParams
     stream: TurnStream
+    history: list[MessageRecord] = field(default_factory=list)
+    """The stored messages the answer is to (what the model was sent)."""
     replaces_id: int | None = None
     recorded: MessageRecord | None = field(default=None)
 
@@ -253,7 +255,7 @@ class Consultations:
             model=model,
             context={"consultation": consultation_id, "variant": variant.name},
         )
-        return Answer(consultation_id, variant, sampling, stream, replaces_id=replaces)
+        return Answer(consultation_id, variant, sampling, stream, records, replaces_id=replaces)
 
     def record(self, user: UserRecord, answer: Answer) -> MessageRecord | None:
         """Store the answer however it ended (once) and audit it.
