@@ -258,21 +258,14 @@ class _StampedEvents(dict):
         return self[key]
 
 
-def _text_of(content) -> str:
-    """Chatbot message content as text: a string, or Gradio 6's list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
-    return ""
-
-
 def _is_answer_text(output) -> bool:
     """Whether an /answer output (chat, status) shows assistant text as the chat's last message."""
+    from app.consult_tab import chat_text
+
     chat = output[0] if isinstance(output, list | tuple) and output else None
     if not isinstance(chat, list) or not chat or not isinstance(chat[-1], dict):
         return False
-    return chat[-1].get("role") == "assistant" and bool(_text_of(chat[-1].get("content")))
+    return chat[-1].get("role") == "assistant" and bool(chat_text(chat[-1]))
 
 
 def _consultation_id(dropdown) -> int:

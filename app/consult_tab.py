@@ -72,6 +72,16 @@ def render(records: list[MessageRecord]) -> list[dict]:
     return out
 
 
+def chat_text(message: dict) -> str:
+    """A Chatbot message's text as HTTP clients get it (a string, or Gradio 6's list of parts)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return ""
+
+
 def _choices(db: Database, user: UserRecord) -> list[tuple[str, int]]:
     return [(f"{c.title} · #{c.id}", c.id) for c in list_consultations(db, user.id)]
 

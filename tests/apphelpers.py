@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from app.config import AppConfig
+from app.consult_tab import chat_text as text_of  # noqa: F401 - re-exported for tests
 from app.server import serve_in_thread
 from storage import Database, create_user
 
@@ -64,11 +65,3 @@ def png_bytes_of(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def text_of(message: dict) -> str:
-    """The text of a Chatbot message as the API returns it (Gradio 6: a list of parts)."""
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
