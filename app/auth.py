@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
+import typing
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 from loguru import logger
@@ -72,12 +75,21 @@ class Auth:
 
         def deco(fn: Callable) -> Callable:
             action = fn.__name__
-            params = list(inspect.signature(fn).parameters.values())[1:]  # drop `user`
-            # Gradio passes gr.Request positionally, where the signature puts it: last.
+            # Real types, not strings: `gr.api` derives an endpoint's schema from them.
+            hints = typing.get_type_hints(fn)
+            params = [
+                p.replace(annotation=hints.get(p.name, p.annotation))
+                for p in list(inspect.signature(fn).parameters.values())[1:]  # drop `user`
+            ]
+            # Gradio passes gr.Request positionally, where the signature puts it: last (with a
+            # default when the inputs have some, as a signature requires).
+            req_empty = inspect.Parameter.empty
             req = inspect.Parameter(
-                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request
-            )
-            sig = inspect.Signature([*params, req])
+                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request,
+                default=None if any(p.default is not p.empty for p in params) else req_empty,
+            )  # fmt: skip
+            returns = hints.get("return", inspect.Signature.empty)
+            sig = inspect.Signature([*params, req], return_annotation=returns)
 
             def split(args: tuple, kwargs: dict) -> tuple[tuple, gr.Request | None]:
                 if "request" in kwargs:
@@ -105,10 +117,40 @@ class Auth:
 
             del wrapper.__wrapped__  # Gradio must see the wrapper's signature (with request)
             wrapper.__signature__ = sig
-            wrapper.__annotations__ = {"request": gr.Request}
+            wrapper.__annotations__ = {
+                **{
+                    p.name: p.annotation
+                    for p in sig.parameters.values()
+                    if p.annotation is not p.empty
+                },  # fmt: skip
+                **({"return": returns} if returns is not inspect.Signature.empty else {}),
+            }
             return wrapper
 
         return deco
+
+
+class UploadRegistry:
+    """Who uploaded which of Gradio's cached files (in memory: that cache is per process too).
+
+    The server's file guard fills it and lets only the uploader read a file back; `/consult`
+    takes only the caller's own uploads as attachments.
+    """
+
+    def __init__(self) -> None:
+        self._owner: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, user: str, paths: list[str]) -> None:
+        with self._lock:
+            for p in paths:
+                self._owner[str(Path(p).resolve())] = user.strip().lower()
+
+    def allowed(self, user: str | None, path: str) -> bool:
+        if not user:
+            return False
+        with self._lock:
+            return self._owner.get(str(Path(path).resolve())) == user.strip().lower()
 
 
 class to_user_errors:

@@ -7,14 +7,13 @@ checks hold for the browser and for HTTP clients.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import gradio as gr
 
 from app.auth import CLINICAL, Auth
 from app.config import AppConfig
-from app.workflow import Answer, Consultations
+from app.workflow import Answer, Consultations, throttled
 from storage import (
     Database,
     MessageRecord,
@@ -38,10 +37,6 @@ FAILED_NOTES = {
     "cancelled": "*(stopped)*",
 }
 
-
-#: Longest a streaming answer waits between screen updates: smooth to the eye (20 per second),
-#: and it bounds the per-token cost of Gradio's diff and postprocess when tokens come fast.
-UI_UPDATE_INTERVAL_S = 0.05
 #: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
 THUMBNAILS_PER_ATTACHMENT = 4
 
@@ -184,18 +179,14 @@ def build_consult_tab(
         return ""
 
     def _stream(user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
-        """Yield the chat while the answer streams (at most every UI_UPDATE_INTERVAL_S); record it."""
+        """Yield the chat while the answer streams (throttled); record it, then show it stored."""
         shown = render(answer.history)
-        texts = iter(answer)
-        last = 0.0
+        texts = throttled(answer)
         try:
             for text in texts:
-                now = time.monotonic()
-                if now - last >= UI_UPDATE_INTERVAL_S:
-                    last = now
-                    yield [*shown, {"role": "assistant", "content": text}]
+                yield [*shown, {"role": "assistant", "content": text}]
         finally:
-            texts.close()  # on Stop: ends the model stream and fixes the partial text first
+            texts.close()
             flow.record(user, answer)
         stored = [answer.recorded] if answer.recorded is not None else []
         final = render([*answer.history, *stored])

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.routing import Mount
 
-from app.auth import Auth
+from app.auth import Auth, UploadRegistry
 from app.config import AppConfig
 from app.engines import EngineRegistry
 from app.ui import CSS_PATH, build_ui
@@ -48,25 +48,6 @@ APP_START_TIMEOUT_S = 60
 FIRST_ADMIN_HINT = (
     "No users exist yet. Create the first admin with:\n    pulsemind user add NAME --role admin"
 )
-
-
-class UploadRegistry:
-    """Which user uploaded which cached file (in memory: Gradio's cache is per process too)."""
-
-    def __init__(self) -> None:
-        self._owner: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def add(self, user: str, paths: list[str]) -> None:
-        with self._lock:
-            for p in paths:
-                self._owner[str(Path(p).resolve())] = user
-
-    def allowed(self, user: str | None, path: str) -> bool:
-        if user is None:
-            return False
-        with self._lock:
-            return self._owner.get(str(Path(path).resolve())) == user
 
 
 class FileGuard:
@@ -131,9 +112,9 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
         logger.warning(FIRST_ADMIN_HINT)
     auth = Auth(db)
     flow = Consultations(db, EngineRegistry())
-    blocks = build_ui(config, db, auth, flow)
-    blocks.max_threads = config.concurrency + 16
     uploads = UploadRegistry()
+    blocks = build_ui(config, db, auth, flow, uploads)
+    blocks.max_threads = config.concurrency + 16
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     gradio_app = None  # set after mounting; routes below read it at request time

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.auth import Auth
+from app.auth import Auth, UploadRegistry
 from app.config import AppConfig
+from app.consult_api import build_consult_api
 from app.consult_tab import build_consult_tab
 from app.workflow import Consultations
 from storage import Database
@@ -15,7 +16,9 @@ from storage import Database
 CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "app.css"
 
 
-def build_ui(config: AppConfig, db: Database, auth: Auth, flow: Consultations) -> gr.Blocks:
+def build_ui(
+    config: AppConfig, db: Database, auth: Auth, flow: Consultations, uploads: UploadRegistry
+) -> gr.Blocks:
     with gr.Blocks(title="PulseMind", analytics_enabled=False) as blocks:
         with gr.Row():
             gr.Markdown("## PulseMind")
@@ -30,4 +33,5 @@ def build_ui(config: AppConfig, db: Database, auth: Auth, flow: Consultations) -
 
         blocks.load(who, None, whoami, api_visibility="private")
         load_consult(blocks)
+        build_consult_api(auth, flow, uploads, config.concurrency)
     return blocks

@@ -16,7 +16,8 @@ file, and the database is left as it was. Answers that fail are stored with thei
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,10 @@ SYSTEM_PROMPT = (
 )
 #: Title of a new consultation: the start of its first message.
 TITLE_CHARS = 60
+#: Longest a streamed answer's readers wait between updates: smooth to the eye (20 per second),
+#: and it bounds the per-token cost of sending updates (Gradio's diff, postprocess and SSE) when
+#: tokens come fast.
+UPDATE_INTERVAL_S = 0.05
 
 
 class UploadRejected(IntakeError):
@@ -294,6 +299,25 @@ class Consultations:
                      target_id=str(msg.id), outcome=outcome, detail=detail)  # fmt: skip
         log.info("answer recorded: {} ({} chars)", out.finish_reason, len(out.text))
         return msg
+
+
+def throttled(texts: Iterable[str], interval_s: float = UPDATE_INTERVAL_S) -> Iterator[str]:
+    """The texts, at most one per `interval_s` (the first at once); closing it closes `texts`.
+
+    The last text may be skipped: callers show the recorded answer when the stream ends.
+    """
+    it = iter(texts)
+    last = 0.0
+    try:
+        for text in it:
+            now = time.monotonic()
+            if now - last >= interval_s:
+                last = now
+                yield text
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # on Stop: ends the model stream and fixes the partial text first
 
 
 def _ms(seconds: float | None) -> int | None:
