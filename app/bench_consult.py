@@ -52,6 +52,8 @@ from pathlib import Path
 from loguru import logger
 from tqdm import tqdm
 
+from app.config import DEFAULT_STREAM_INTERVAL
+
 #: Bounds every wait so a stuck server fails the run instead of hanging it.
 REQUEST_TIMEOUT_S = 300.0
 #: uvicorn starts in about a second; Gradio's first config build can take a few more.
@@ -96,6 +98,8 @@ class BenchConsultConfig:
     max_tokens: int = 128
     """Answer length (greedy: the tiny model does not stop early)."""
     seed: int = 0
+    stream_interval: int = DEFAULT_STREAM_INTERVAL
+    """vLLM's tokens per streamed chunk, on both paths (the app's default)."""
     image: bool = False
     """Attach one small PNG to each turn (the app path then includes upload and intake)."""
     goal: float = 0.9
@@ -231,7 +235,8 @@ def format_report(result: dict) -> str:
     verdict = "met" if g["met"] else "NOT met"
     return "\n".join([
         f"consult benchmark: max_tokens {s['max_tokens']}, {s['repeats']} repeat(s), medians; "
-        f"image {'yes' if s['image'] else 'no'}; ratios are app/direct",
+        f"image {'yes' if s['image'] else 'no'}; vLLM stream_interval "
+        f"{s['stream_interval'] or 1} on both paths; ratios are app/direct",
         head, *rows, *notes,
         f"through-app throughput (/consult) at {g['concurrency']} concurrent: "
         f"{g['throughput_ratio']:.2f}x direct (goal >= {g['target']:g}x: {verdict})",
@@ -355,9 +360,7 @@ class AppPath:
         if len(generating) != len(outputs) or not done:
             raise BenchError(f"cannot line up {len(outputs)} outputs with {len(generating)} "
                              "stamped SSE messages (has gradio_client changed?)")  # fmt: skip
-        first = next(
-            (t for t, o in zip(generating, outputs, strict=True) if _answer_text(o)), None
-        )
+        first = next((t for t, o in zip(generating, outputs, strict=True) if _answer_text(o)), None)
         answer = history(self.db, cid)[-1]
         finished = answer.finish_reason is not None and answer.finish_reason.value in FINISHED
         if answer.role is not MessageRole.ASSISTANT or not finished:
@@ -378,7 +381,8 @@ def serve_in_subprocess(config, database_url: str, log_path: Path) -> Iterator[s
     argv = [sys.executable, "-m", "app.cli", "app", "--host", "127.0.0.1", "--port", str(port),
             "--database-url", database_url, "--model-url", config.model_url,
             "--model", config.model, "--variant-name", config.variant_name,
-            "--concurrency", str(config.concurrency), "--data-dir", config.data_dir]  # fmt: skip
+            "--concurrency", str(config.concurrency), "--data-dir", config.data_dir,
+            "--stream-interval", str(config.stream_interval)]  # fmt: skip
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -516,6 +520,7 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
         for name, password in users:
             create_user(db, name, password, "clinician")
         app_cfg = AppConfig(model_url=url, model=model, variant_name=VARIANT, data_dir=str(tmp),
+                            stream_interval=cfg.stream_interval,
                             concurrency=max(DEFAULT_CONCURRENCY, n_max), port=0)  # fmt: skip
         # The app runs as its own process, as deployed: in this one it would share the GIL with
         # the 16 gradio_client "browsers" and the direct path's threads.
@@ -535,7 +540,9 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
         app = AppPath(app_url, db, users, message)
         stack.callback(app.close)
         app.connect()
-        engine = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model))
+        # the same request as the app's, chunking included
+        engine = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model,
+                                                 stream_interval=cfg.stream_interval or None))  # fmt: skip
 
         # Warm-up: one app turn gives the exact prompt the app sent; then a batch per path.
         _, cid = app.request(0)
@@ -584,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", action="store_true", help="attach one small PNG to every turn")
+    p.add_argument("--stream-interval", type=int, default=DEFAULT_STREAM_INTERVAL, metavar="N",
+                   help="vLLM's tokens per streamed chunk, both paths (0: every token)")  # fmt: skip
     p.add_argument("--goal", type=float, default=0.9, help="throughput ratio to reach")
     p.add_argument("--no-ui-path", action="store_true",
                    help="skip the browser's /send + /answer path (measure /consult only)")  # fmt: skip
@@ -601,7 +610,7 @@ def bench_consult_main(argv: list[str] | None = None) -> int:
             model_url=args.model_url, model=args.model, vllm_python=args.vllm_python,
             concurrency=tuple(args.concurrency), repeats=args.repeats,
             max_tokens=args.max_tokens, seed=args.seed, image=args.image, goal=args.goal,
-            ui_path=not args.no_ui_path,
+            ui_path=not args.no_ui_path, stream_interval=args.stream_interval,
         )  # fmt: skip
     except ValueError as exc:
         print(f"pulsemind bench consult: {exc}", file=sys.stderr)

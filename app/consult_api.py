@@ -57,26 +57,24 @@ def build_consult_api(
                 raise InvalidInput("Attach files by uploading them to this server first.")
             name = f.get("orig_name") if isinstance(f, dict) else None
             files.append((name or Path(path).name, path))
-        cid, _ = flow.add_turn(user, consultation_id, str(message.get("text") or ""), files)
-        answer = flow.answer(user, cid, variant)
-        yield from stream_answer(flow, user, answer)
+        text = str(message.get("text") or "")
+        yield from stream_answer(flow, user, flow.ask(user, consultation_id, text, files, variant))
 
     gr.api(consult, api_name="consult", concurrency_limit=concurrency)
 
 
 def stream_answer(flow: Consultations, user: UserRecord, answer: Answer) -> Iterator[dict]:
     """The answer's text as it grows, then how it ended (recorded first, even on Stop)."""
-    cid = answer.consultation_id
     texts = throttled(answer)
     try:
         for text in texts:
-            yield {"consultation_id": cid, "text": text}
+            yield {"consultation_id": answer.consultation_id, "text": text}
     finally:
         texts.close()  # first, so a Stop's partial text is final before it is stored
         flow.record(user, answer)
     out = answer.outcome
     yield {
-        "consultation_id": cid,
+        "consultation_id": answer.consultation_id,
         "message_id": answer.recorded.id if answer.recorded else None,
         "text": out.text if out else "",
         "finish_reason": out.finish_reason if out else None,

@@ -18,10 +18,18 @@ from storage import VariantRecord
 class EngineRegistry:
     """Maps variants to live engines, creating each once."""
 
-    def __init__(self, *, max_pixels: int | None = None):
+    def __init__(
+        self,
+        *,
+        max_pixels: int | None = None,
+        timeout_s: float | None = None,
+        stream_interval: int | None = None,
+    ):
         self._lock = threading.Lock()
         self._engines: dict[tuple, ChatEngine] = {}
         self.max_pixels = max_pixels
+        self.timeout_s = timeout_s
+        self.stream_interval = stream_interval
 
     def for_variant(self, variant: VariantRecord) -> tuple[ChatEngine, str | None]:
         """The engine and the model name to ask it for."""
@@ -37,8 +45,11 @@ class EngineRegistry:
         key = ("http", variant.endpoint)
         with self._lock:
             if key not in self._engines:
-                cfg = OpenAIEngineConfig(base_url=variant.endpoint, model=variant.served_model_name)
+                cfg = OpenAIEngineConfig(base_url=variant.endpoint, model=variant.served_model_name,
+                                         stream_interval=self.stream_interval)  # fmt: skip
                 if self.max_pixels:
                     cfg.max_pixels = self.max_pixels
+                if self.timeout_s:
+                    cfg.first_token_timeout_s = self.timeout_s
                 self._engines[key] = OpenAIEngine(cfg)
             return self._engines[key], variant.served_model_name

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,15 +99,23 @@ def to_new_attachment(result: IntakeResult) -> NewAttachment:
     )
 
 
-def attachment_context(att) -> str:
+def attachment_context(position: int, kind: str, page_count: int | None, text: str | None) -> str:
     """What the model reads about an attachment besides its pixels (no file names: they can hold names)."""
-    parts = [f"[Attachment {att.position + 1}: {att.kind.value}"]
-    if att.page_count:
-        parts.append(f", {att.page_count} pages")
+    parts = [f"[Attachment {position + 1}: {kind}"]
+    if page_count:
+        parts.append(f", {page_count} pages")
     parts.append("]")
-    if att.text:
-        parts.append(f"\n{att.text}")
+    if text:
+        parts.append(f"\n{text}")
     return "".join(parts)
+
+
+def user_turn(text: str, attachments: Sequence[tuple[str, int | None, str | None]],
+              images: list[Image.Image]) -> ChatMessage:  # fmt: skip
+    """A clinician's turn as the model reads it: one context line per attachment (kind, pages,
+    text), then the message; the attachments' images."""
+    context = "\n".join(attachment_context(i, *a) for i, a in enumerate(attachments))
+    return ChatMessage("user", f"{context}\n{text}".strip() if context else text, images)
 
 
 def to_chat_messages(records: Sequence[MessageRecord]) -> list[ChatMessage]:
@@ -125,9 +134,8 @@ def to_chat_messages(records: Sequence[MessageRecord]) -> list[ChatMessage]:
             for img in att.images
             if img.png
         ]
-        context = "\n".join(attachment_context(a) for a in m.attachments)
-        text = f"{context}\n{m.text}".strip() if context else m.text
-        out.append(ChatMessage("user", text, images))
+        atts = [(a.kind.value, a.page_count, a.text) for a in m.attachments]
+        out.append(user_turn(m.text, atts, images))
     return out
 
 
@@ -135,7 +143,8 @@ def to_chat_messages(records: Sequence[MessageRecord]) -> list[ChatMessage]:
 class Answer:
     """An answer in progress: iterate for text so far, then `Consultations.record` it."""
 
-    consultation_id: int
+    consultation_id: int | None
+    """None until a new consultation's first turn is stored (see `Consultations.ask`)."""
     variant: VariantRecord
     sampling: SamplingParams
     stream: TurnStream
@@ -143,9 +152,29 @@ class Answer:
     """The stored messages the answer is to (what the model was sent)."""
     replaces_id: int | None = None
     recorded: MessageRecord | None = field(default=None)
+    turn: Future | None = None
+    """`ask`: the clinician's turn being stored while the model starts, -> (id, message)."""
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.stream)
+        texts = iter(self.stream)
+        try:
+            if self.turn is not None:
+                first = next(texts, None)  # sends the request; the turn is stored meanwhile
+                self.stored_turn()  # no answer text is shown before its question is stored
+                if first is not None:
+                    yield first
+            yield from texts
+        finally:
+            texts.close()  # on Stop or a failed store: ends the model stream (vLLM aborts)
+
+    def stored_turn(self) -> None:
+        """Wait for the turn `ask` is storing; raises what storing raised."""
+        if self.turn is None:
+            return
+        cid, msg = self.turn.result()
+        if self.consultation_id is None or not self.history or self.history[-1].id != msg.id:
+            self.consultation_id = cid
+            self.history.append(msg)
 
     @property
     def outcome(self) -> TurnOutcome | None:
@@ -159,6 +188,8 @@ class Consultations:
         self.db = db
         self.engines = engines
         self.limits = limits or IntakeLimits()
+        # `ask` stores turns here: one thread, as SQLite takes one writer at a time anyway.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pulsemind-turns")
 
     # --- uploads --------------------------------------------------------------------------
 
@@ -191,15 +222,49 @@ class Consultations:
         files: Sequence[tuple[str, str | Path]] = (),
     ) -> tuple[int, MessageRecord]:
         """Store the clinician's message (and its uploads); create the consultation if needed."""
-        text = (text or "").strip()
-        if not text and not files:
-            raise InvalidInput("Type a message or attach a file.")
+        text = _turn_text(text, files)
         results = self.take_in(files)  # before any write: a bad file changes nothing
+        if consultation_id is not None:
+            get_consultation(self.db, consultation_id, user.id)  # ownership check
+        return self._store_turn(user, consultation_id, text, results)
+
+    def ask(
+        self,
+        user: UserRecord,
+        consultation_id: int | None,
+        text: str,
+        files: Sequence[tuple[str, str | Path]] = (),
+        variant_name: str | None = None,
+    ) -> Answer:
+        """`add_turn` and `answer` in one, overlapped: the model request goes out while the turn
+        is written, and the answer's first text is held back until the turn is stored.
+
+        Writes to SQLite are one at a time; when many clinicians send at once, storing first
+        would hand the model their questions one by one, each after the writes queued before
+        it. Everything that can refuse the turn (files, consultation, variant) is checked
+        before the request; if storing still fails, the model stream is closed and the error
+        raised from the iteration.
+        """
+        text = _turn_text(text, files)
+        results = self.take_in(files)
+        records = [] if consultation_id is None else self.chat_history(user, consultation_id)
+        variant = self.variant(variant_name)
+        sampling = SamplingParams(**(variant.sampling_defaults or {}))
+        atts = [(r.kind, r.page_count, r.text) for r in results]
+        images = [im.image for r in results for im in r.images]
+        messages = [*to_chat_messages(records), user_turn(text, atts, images)]
+        engine, model = self.engines.for_variant(variant)
+        stream = TurnStream(engine, messages, sampling, model=model,
+                            context={"consultation": consultation_id, "variant": variant.name})  # fmt: skip
+        turn = self._writer.submit(self._store_turn, user, consultation_id, text, results)
+        return Answer(consultation_id, variant, sampling, stream, records, turn=turn)
+
+    def _store_turn(
+        self, user: UserRecord, consultation_id: int | None, text: str, results: list[IntakeResult]
+    ) -> tuple[int, MessageRecord]:
         if consultation_id is None:
             title = text[:TITLE_CHARS] or f"{len(results)} file(s)"
             consultation_id = create_consultation(self.db, user.id, title).id
-        else:
-            get_consultation(self.db, consultation_id, user.id)  # ownership check
         msg = add_user_message(
             self.db, consultation_id, user.id, text, [to_new_attachment(r) for r in results]
         )
@@ -270,6 +335,11 @@ class Consultations:
         """
         if answer.recorded is not None:
             return answer.recorded
+        try:
+            answer.stored_turn()
+        except Exception:  # noqa: BLE001 - raised (and shown) where the answer was iterated
+            logger.warning("answer not recorded: its turn could not be stored")
+            return None
         out = answer.outcome or TurnOutcome(text="", finish_reason="cancelled")
         log = logger.bind(consultation=answer.consultation_id, variant=answer.variant.name)
         detail = {"variant": answer.variant.name, "finish_reason": out.finish_reason}
@@ -299,6 +369,13 @@ class Consultations:
                      target_id=str(msg.id), outcome=outcome, detail=detail)  # fmt: skip
         log.info("answer recorded: {} ({} chars)", out.finish_reason, len(out.text))
         return msg
+
+
+def _turn_text(text: str | None, files: Sequence) -> str:
+    text = (text or "").strip()
+    if not text and not files:
+        raise InvalidInput("Type a message or attach a file.")
+    return text
 
 
 def throttled(texts: Iterable[str], interval_s: float = UPDATE_INTERVAL_S) -> Iterator[str]:

@@ -130,9 +130,8 @@ def add_user_message(
                 )
             )
         session.flush()
-        record = _record(
-            message, load_attachments(session, [message.id], with_png=False).get(message.id, [])
-        )
+        stored = load_attachments(session, [message.id], with_png=False) if attachments else {}
+        record = _record(message, stored.get(message.id, []))
     logger.info(
         "consultation id={}: user message id={} seq={} with {} attachments ({} reused)",
         consultation_id,
