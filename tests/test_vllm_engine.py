@@ -145,3 +145,21 @@ def test_serve_flags_match_what_the_app_needs(tmp_path):
     assert argv[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
     with pytest.raises(ValueError, match="adapter_config.json"):
         ServeConfig(model="m", lora_modules={"x": str(tmp_path)})
+
+
+def test_engine_core_runs_beside_its_worker(vllm_server):
+    """vLLM's CPU build binds its worker to some cores; `colocate_engine_core` puts the engine
+    core (which busy-waits on the worker) on the same ones, leaving the rest to the API server."""
+    import os
+
+    from model.serve import _descendants
+
+    procs = _descendants(vllm_server.proc.pid)
+    engine = [p for p, cmd in procs.items() if cmd.startswith("VLLM::EngineCore")]
+    worker = [p for p, cmd in procs.items() if cmd.startswith("VLLM::Worker")]
+    assert engine and worker, procs
+    worker_cpus = os.sched_getaffinity(worker[0])
+    if worker_cpus == os.sched_getaffinity(0):
+        pytest.skip("vLLM did not bind its worker here (nothing to colocate)")
+    tasks = [int(t) for t in os.listdir(f"/proc/{engine[0]}/task")]
+    assert {frozenset(os.sched_getaffinity(t)) for t in tasks} == {frozenset(worker_cpus)}
