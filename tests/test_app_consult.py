@@ -263,6 +263,37 @@ def test_stop_keeps_the_partial_answer(app_url, app_db):
         ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny", sampling_defaults={})
 
 
+def test_consult_api_cancel_keeps_the_question_and_partial_answer(app_url, app_db):
+    """A program that cancels /consult mid-answer: both the turn and the partial answer stay."""
+    import time
+
+    from storage import ensure_model_variant
+
+    ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny",
+                         sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
+    try:
+        alice = client(app_url, "alice")
+        job = alice.submit({"text": "Long answer please", "files": []}, None, "tiny",
+                           api_name="/consult")  # fmt: skip
+        cid = None
+        for out in job:
+            if out.get("text"):
+                cid = out["consultation_id"]
+                break
+        job.cancel()
+        user = get_user_by_name(app_db, "alice")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msgs = history(app_db, cid, user_id=user.id)
+            if len(msgs) == 2:
+                break
+            time.sleep(0.2)
+        assert msgs[0].text == "Long answer please"
+        assert msgs[1].finish_reason.value == "cancelled" and msgs[1].text
+    finally:
+        ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny", sampling_defaults={})
+
+
 def app_db_endpoint(db: Database) -> str:
     from storage import get_variant_by_name
 
