@@ -6,7 +6,10 @@ The Consult tab, the benchmark and the tests drive consultations through `Consul
     cid, msg = flow.add_turn(user, None, "Chest pain since yesterday", [("ecg.png", "/tmp/ecg.png")])
     turn = flow.answer(user, cid, variant_name="demo")
     for text_so_far in turn: ...            # streamed
-    flow.record(turn)                       # -> the stored assistant message (also on failure)
+    flow.record(user, turn)                 # -> the stored assistant message (also on failure)
+
+    turn = flow.ask(user, cid, "And the troponin?")   # both in one: the model starts while the
+    ...                                               # turn is stored (what /consult uses)
 
 Intake runs before anything is written: one bad file refuses the whole turn with a message per
 file, and the database is left as it was. Answers that fail are stored with their finish reason
@@ -38,6 +41,7 @@ from storage import (
     NewAttachment,
     NewImage,
     NotFound,
+    PermissionDenied,
     UserRecord,
     VariantRecord,
     add_assistant_message,
@@ -247,7 +251,11 @@ class Consultations:
         """
         text = _turn_text(text, files)
         results = self.take_in(files)
-        records = [] if consultation_id is None else self.chat_history(user, consultation_id)
+        records = []
+        if consultation_id is not None:
+            if get_consultation(self.db, consultation_id, user.id).owner_id != user.id:
+                raise PermissionDenied("Only the clinician who owns a consultation can add to it.")
+            records = self.chat_history(user, consultation_id)
         variant = self.variant(variant_name)
         sampling = SamplingParams(**(variant.sampling_defaults or {}))
         atts = [(r.kind, r.page_count, r.text) for r in results]

@@ -206,8 +206,9 @@ def test_consult_api_checks_role_owner_and_files(app_url, app_db, tmp_path):
     bob = client(app_url, "bob")
     bob_id = get_user_by_name(app_db, "bob").id
     before = len(list_audit(app_db, user_id=bob_id))
-    with pytest.raises(AppError):  # alice's consultation
-        bob.predict({"text": "let me in", "files": []}, cid, "tiny", api_name="/consult")
+    for other in (bob, client(app_url, "root")):  # alice's consultation; admins read only
+        with pytest.raises(AppError, match="not|owns"):
+            other.predict({"text": "let me in", "files": []}, cid, "tiny", api_name="/consult")
     for files in ([{"path": path}], [path], [{"path": "/etc/hostname"}]):  # not his uploads
         with pytest.raises(AppError, match="uploading them to this server"):
             bob.predict({"text": "see file", "files": files}, None, "tiny", api_name="/consult")
