@@ -211,6 +211,28 @@ def lab_report_pdf(pages: int = 3) -> bytes:
     return bytes(pdf.output())
 
 
+#: What `lab_report_with_phi` prints about the patient (none of it may reach the model).
+PDF_PHI_STRINGS = ("DOE", "Jane", "MRN-123456", "123456", "03/14/1975", "Elm Street", "555-123-4567",
+                   "jane.doe@example.org")  # fmt: skip
+
+
+def lab_report_with_phi() -> bytes:
+    """A lab report that names its patient the way real ones do (fields, a greeting)."""
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    pdf.add_page()
+    for line in ("St Mary Laboratory - Complete blood count",
+                 "Patient Name: DOE, JANE",
+                 "MRN: MRN-123456    DOB: 03/14/1975",
+                 "Address: 12 Elm Street, Springfield",
+                 "Phone: 555-123-4567    E-mail: jane.doe@example.org",
+                 "Hemoglobin 13.2 g/dL (ref 12.0-15.5)",
+                 "WBC 7.1 x10^9/L (ref 4.0-11.0)",
+                 "Comment: results reviewed with Jane, no action needed."):  # fmt: skip
+        pdf.cell(0, 10, line, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
 def scanned_pdf() -> bytes:
     """An image-only PDF (a scan): no text layer."""
     img = Image.new("L", (600, 800), 255)

@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from intake_builders import (
+    PDF_PHI_STRINGS,
     PHI_STRINGS,
     animated,
     bundled,
@@ -30,6 +31,7 @@ from intake_builders import (
     giant_mediabox_pdf,
     image_bytes,
     lab_report_pdf,
+    lab_report_with_phi,
     many_pages_pdf,
     pdf_pages_after,
     pdf_with_huge_image,
@@ -394,6 +396,45 @@ def test_unsupported_types_list_accepted_ones(data, name, what):
 # --- PDF ----------------------------------------------------------------------------------
 
 
+def _text_box(pdf_bytes: bytes, needle: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where `needle` is printed on page 1, in pixels of an image of `size`, a little inset."""
+    import pypdfium2 as pdfium
+
+    page = pdfium.PdfDocument(pdf_bytes)[0]
+    textpage = page.get_textpage()
+    start = textpage.get_text_range().index(needle)
+    boxes = [textpage.get_charbox(i) for i in range(start, start + len(needle))]
+    left, bottom, right, top = page.get_bbox()
+    sx, sy = size[0] / (right - left), size[1] / (top - bottom)
+    x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
+    y0, y1 = min(b[1] for b in boxes), max(b[3] for b in boxes)
+    px0, px1, py0, py1 = (x0 - left) * sx, (x1 - left) * sx, (top - y1) * sy, (top - y0) * sy
+    dx, dy = (px1 - px0) * 0.15, (py1 - py0) * 0.15
+    return int(px0 + dx), int(py0 + dy), int(px1 - dx), int(py1 - dy)
+
+
+def test_pdf_identifiers_leave_the_text_and_are_painted_out_of_the_page():
+    data = lab_report_with_phi()
+    result = intake_bytes(data, "labs.pdf")
+    assert result.deidentified and result.deid_report["pages_without_text"] == []
+    removed = result.deid_report["removed"]
+    assert removed["name"] == 1 and removed["id"] == 1 and removed["dob"] == 1
+    assert removed["contact"] >= 2 and "1975" not in json.dumps(result.deid_report)
+    for phi in PDF_PHI_STRINGS:
+        assert phi.lower() not in result.text.lower(), phi
+    assert "Hemoglobin 13.2 g/dL (ref 12.0-15.5)" in result.text, "clinical content is kept"
+    assert "results reviewed with [REDACTED], no action" in result.text  # the echo of the name
+    page = np.asarray(result.images[0].image.convert("L"), dtype=float)
+
+    def mean(needle: str) -> float:
+        x0, y0, x1, y1 = _text_box(data, needle, result.images[0].image.size)
+        return page[y0:y1, x0:x1].mean()
+
+    for phi in ("DOE, JANE", "MRN-123456", "03/14/1975", "555-123-4567", "Jane"):
+        assert mean(phi) < 40, f"{phi} is not painted out"
+    assert mean("Hemoglobin") > 120 and mean("Patient Name") > 120  # labels and results stay
+
+
 def test_lab_report_pdf_text_and_pages():
     result = intake_bytes(lab_report_pdf(3), "cbc.pdf")
     assert result.kind == "pdf" and result.page_count == 3
@@ -401,7 +442,8 @@ def test_lab_report_pdf_text_and_pages():
     assert [im.label for im in result.images] == ["page 1", "page 2", "page 3"]
     assert "Hemoglobin 13.2 g/dL" in result.text
     assert "[page 3]" in result.text and "\r" not in result.text
-    assert result.deidentified is False  # PDF content is passed on as is
+    # its text layer was checked: nothing identifying (no false hits on "12.0-15.5")
+    assert result.deidentified is True and result.deid_report["removed"] == {}
     capped = intake_bytes(
         lab_report_pdf(3), "cbc.pdf", limits=IntakeLimits(pdf_pages_rendered=2, max_text_chars=60)
     )

@@ -191,15 +191,16 @@ def intake_files(
 
 
 def _check_no_identifiers(result: IntakeResult, tokens: frozenset[str]) -> None:
-    """Fail closed if any original DICOM identifier made it into what we hand on."""
+    """Fail closed if any identifier found in the file (DICOM header, PDF field) made it into
+    what we hand on."""
     if not tokens:
         return
     summary = result.to_json()
     summary.pop("filename")  # the user's own label, not from the file
     if contains_identifier(json.dumps(summary, ensure_ascii=False), tokens):
-        logger.warning("intake refused: an identifying header value survived de-identification")
+        logger.warning("intake refused: an identifying value survived de-identification")
         raise DeidentificationFailed(
-            "An identifying value from the DICOM header could not be kept out of the summary, "
-            "so the file was not used. Export it anonymised from the viewer.",
+            "An identifying value from the file could not be kept out of what the model would "
+            "read, so the file was not used. Export it anonymised and upload that.",
             filename=result.filename,
         )

@@ -248,13 +248,13 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
                 # that "General Hospital" does not make the word "general" an identifier.
                 parts = re.split(r"[\^=\s,]+", value) if elem.VR == "PN" else []
                 for part in [value, *parts]:
-                    token = _as_token(part)
+                    token = as_token(part)
                     if token:
                         tokens.add(token)
     return frozenset(tokens)
 
 
-def _as_token(value: str) -> str | None:
+def as_token(value: str) -> str | None:
     token = value.strip(" ^=.,-\x00").lower()
     alnum = re.sub(r"[^0-9a-z]", "", token)
     if len(token) < MIN_TOKEN or not alnum:

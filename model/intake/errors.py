@@ -56,9 +56,9 @@ class DicomWithoutImage(IntakeError):
 
 
 class DeidentificationFailed(IntakeError):
-    """Fail closed: a DICOM header that could not be cleaned is not used at all."""
+    """Fail closed: a file whose patient identifiers could not be removed is not used at all."""
 
-    user_message = "The DICOM header could not be de-identified safely, so the file was not used."
+    user_message = "Patient identifiers could not be removed from this file, so it was not used."
 
 
 class EncryptedPdf(IntakeError):

@@ -11,7 +11,10 @@ With pypdfium2 (PDFium, the engine of Chrome's viewer):
   before extraction, so a page with millions of characters costs no more than the cap);
   a PDF without any text is noted as a scan: the model then reads only the page images.
 
-PDF content is passed on as is (a lab report names the patient), so `deidentified` is False.
+Patient identifiers in the text layer (`pdf_deid`: labelled fields such as "Patient:" or
+"DOB:", e-mail, phone, SSN, dates, and every echo of a name found) are replaced in the text and
+painted black on the page images. A page without a text layer (a scan) cannot be checked:
+the result is then `deidentified=False` and says which pages.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ import threading
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from loguru import logger
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from .errors import CorruptFile, EncryptedPdf, ImageTooLarge, TooManyPages
+from .errors import (
+    CorruptFile,
+    DeidentificationFailed,
+    EncryptedPdf,
+    ImageTooLarge,
+    TooManyPages,
+)
 from .images import budget_size, fit_within, megapixels, pixels_only
 from .limits import IntakeLimits
+from .pdf_deid import find_identifiers, redact
 from .types import Derived, IntakeImage
 
 #: PDFium is not thread-safe and the app serves several clinicians from worker threads.
@@ -38,6 +48,10 @@ MAX_RENDER_SCALE = 200 / 72
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
 #: Pages smaller than this (points) are rendering artefacts, not content.
 MIN_PAGE_POINTS = 1.0
+#: A rendered page is checked for identifiers in full; a page with more text than this is not
+#: a lab report or letter, and is refused rather than passed on unchecked.
+MAX_CHECKED_CHARS_PER_PAGE = 50_000
+PROFILE = "PulseMind PDF rules: labelled fields, e-mail, phone, SSN, dates, and their echoes"
 
 
 def read_pdf(data: bytes, filename: str, limits: IntakeLimits) -> Derived:
@@ -80,10 +94,15 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
             filename=filename,
         )
     notes: list[str] = []
-    text, n_chars_total, truncated = _extract_text(pdf, n_pages, limits.max_text_chars)
+    n_render = min(n_pages, limits.pdf_pages_rendered)
+    pages, n_chars_total = _page_texts(pdf, n_pages, n_render, limits.max_text_chars, filename)
+    found = find_identifiers(pages)
+    text, truncated = _document_text(pages, found.spans, limits.max_text_chars)
+    truncated = truncated or n_chars_total > sum(len(t) for t in pages.values())
     images: list[IntakeImage] = []
-    for i in range(min(n_pages, limits.pdf_pages_rendered)):
-        img = _render_page(pdf, i, filename, limits)
+    scanned = [i + 1 for i in range(n_render) if not pages.get(i, "").strip()]
+    for i in range(n_render):
+        img = _render_page(pdf, i, filename, limits, found.spans.get(i, []))
         if img is None:
             notes.append(f"page {i + 1} has no printable area and was skipped")
             continue
@@ -105,34 +124,48 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
             notes.append(
                 f"text truncated at {limits.max_text_chars} characters (of about {n_chars_total})"
             )
-    notes.append("PDF content is passed on as is; it may name the patient")
+    removed = sum(found.counts.values())
+    if removed:
+        notes.append(f"{removed} patient identifier(s) removed from the text and page images")
+    if scanned:
+        notes.append(
+            f"page(s) {', '.join(map(str, scanned))} have no text layer (a scan or photo): "
+            "anything printed on them, the patient's name included, reaches the model as is"
+        )
     logger.info(
-        "PDF intake: pages={} rendered={} text_chars={} truncated={}",
+        "PDF intake: pages={} rendered={} text_chars={} truncated={} identifiers_removed={}",
         n_pages,
         len(images),
         len(text_out or ""),
         truncated,
+        removed,
     )
     return Derived(
         images=images,
         mime="application/pdf",
         text=text_out,
         page_count=n_pages,
-        deidentified=False,
+        deidentified=not scanned,
         deid_report={
-            "profile": "none",
-            "reason": "PDF pages and text are passed on as they are (they may name the patient)",
+            "profile": PROFILE,
+            "removed": dict(sorted(found.counts.items())),
+            "pages_without_text": scanned,
         },
         notes=notes,
+        identifying_tokens=frozenset(found.tokens),
     )
 
 
-def _extract_text(pdf: pdfium.PdfDocument, n_pages: int, cap: int) -> tuple[str, int, bool]:
-    """(text of all pages with page markers, at most `cap` chars; chars in the PDF; cut?)."""
-    parts: list[str] = []
-    length = 0
-    total = 0
-    cut = False
+def _page_texts(
+    pdf: pdfium.PdfDocument, n_pages: int, n_render: int, cap: int, filename: str
+) -> tuple[dict[int, str], int]:
+    """({page: its text, char for char as PDFium indexes it}, chars in the PDF).
+
+    Rendered pages are read whole (their images are redacted from these indices); the others
+    only while the text budget `cap` lasts.
+    """
+    pages: dict[int, str] = {}
+    used = total = 0
     for i in range(n_pages):
         page = pdf[i]
         try:
@@ -140,26 +173,44 @@ def _extract_text(pdf: pdfium.PdfDocument, n_pages: int, cap: int) -> tuple[str,
             try:
                 count = max(textpage.count_chars(), 0)
                 total += count
-                room = cap - length
-                if count == 0:
+                if i < n_render:
+                    if count > MAX_CHECKED_CHARS_PER_PAGE:
+                        raise DeidentificationFailed(
+                            f"Page {i + 1} holds {count} characters, too many to check for "
+                            "patient identifiers. Upload only the pages that matter.",
+                            filename=filename,
+                        )
+                    need = count
+                else:
+                    need = min(count, cap - used)
+                if need <= 0:
                     continue
-                if room <= 0:
-                    cut = True
-                    continue
-                cut = cut or count > room
-                chunk = _clean(textpage.get_text_range(0, min(count, room)))
+                pages[i] = "".join(_char(textpage, k) for k in range(need))
+                used += need
             finally:
                 textpage.close()
         finally:
             page.close()
+    return pages, total
+
+
+def _char(textpage, index: int) -> str:
+    """One char of the page (PDFium's own index), or NUL for what is not a character."""
+    code = pdfium_c.FPDFText_GetUnicode(textpage.raw, index)
+    return "\x00" if not code or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF else chr(code)
+
+
+def _document_text(
+    pages: dict[int, str], spans: dict[int, list[tuple[int, int]]], cap: int
+) -> tuple[str, bool]:
+    """The pages' redacted, cleaned text with page markers, at most `cap` chars; cut?"""
+    parts = []
+    for i, raw in sorted(pages.items()):
+        chunk = _clean(redact(raw, spans.get(i, [])))
         if chunk:
-            piece = f"[page {i + 1}]\n{chunk}"
-            parts.append(piece)
-            length += len(piece) + 2
+            parts.append(f"[page {i + 1}]\n{chunk}")
     text = "\n\n".join(parts)
-    if len(text) > cap:
-        text, cut = text[:cap], True
-    return text, total, cut
+    return (text[:cap], True) if len(text) > cap else (text, False)
 
 
 def _clean(text: str) -> str:
@@ -169,9 +220,14 @@ def _clean(text: str) -> str:
 
 
 def _render_page(
-    pdf: pdfium.PdfDocument, index: int, filename: str, limits: IntakeLimits
+    pdf: pdfium.PdfDocument,
+    index: int,
+    filename: str,
+    limits: IntakeLimits,
+    redact_spans: list[tuple[int, int]],
 ) -> Image.Image | None:
-    """Render page `index` to fit the pixel budget, whatever its declared size."""
+    """Render page `index` to fit the pixel budget, whatever its declared size, with the
+    characters of `redact_spans` (indices into its text) painted over in black."""
     w_pt, h_pt = pdf.get_page_size(index)
     if not (math.isfinite(w_pt) and math.isfinite(h_pt)) or min(w_pt, h_pt) < MIN_PAGE_POINTS:
         return None
@@ -182,11 +238,21 @@ def _render_page(
     page = pdf[index]
     try:
         _check_embedded_images(page, index, filename, limits)
+        boxes = _char_boxes(page, redact_spans, filename)
         bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True)
         try:
             img = bitmap.to_pil().convert("RGB")
         finally:
             bitmap.close()
+        if boxes:
+            left, _, _, top = page.get_bbox()  # media and crop box, inherited ones included
+            draw = ImageDraw.Draw(img)
+            for x0, y0, x1, y1 in boxes:  # PDF points, y up -> pixels, y down; 1 px margin
+                draw.rectangle(
+                    ((x0 - left) * scale - 1, (top - y1) * scale - 1,
+                     (x1 - left) * scale + 1, (top - y0) * scale + 1),
+                    fill=(0, 0, 0),
+                )  # fmt: skip
     finally:
         page.close()
     # Rounding can exceed the budget by a row or column; the resize also detaches the buffer.
@@ -195,6 +261,29 @@ def _render_page(
         "PDF page rendered: {}x{} (target {}x{})", img.width, img.height, target_w, target_h
     )
     return pixels_only(img)
+
+
+def _char_boxes(page, spans: list[tuple[int, int]], filename: str) -> list[tuple[float, ...]]:
+    """Page-space boxes (left, bottom, right, top) of the characters in `spans`."""
+    if not spans:
+        return []
+    if page.get_rotation() % 360:
+        raise DeidentificationFailed(
+            "A rotated page of this PDF names the patient, and it cannot be masked reliably. "
+            "Print the document to a new PDF (pages upright) and upload that.",
+            filename=filename,
+        )
+    textpage = page.get_textpage()
+    try:
+        boxes = []
+        for s, e in spans:
+            for k in range(s, e):
+                left, bottom, right, top = textpage.get_charbox(k, loose=True)
+                if right > left and top > bottom:
+                    boxes.append((left, bottom, right, top))
+        return boxes
+    finally:
+        textpage.close()
 
 
 def _check_embedded_images(page, index: int, filename: str, limits: IntakeLimits) -> None:
