@@ -41,6 +41,11 @@ from .limits import ACCEPTED_TYPES, IntakeLimits
 from .sniff import Sniffed
 from .types import Derived, IntakeImage
 
+#: Said of every picture: its metadata is gone, but what it shows is not checked.
+PIXELS_NOTE = (
+    "the pixels are passed on as they are: a name printed in the picture (a photographed "
+    "report or prescription) is not removed"
+)
 #: Pillow format names we take. MPO is how Pillow names many phone JPEGs (a main image plus
 #: a depth/preview image); its first frame is the photo.
 ACCEPTED_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF"})
@@ -200,11 +205,13 @@ def read_image(data: bytes, filename: str, sniffed: Sniffed, limits: IntakeLimit
             notes.append(icc_note)
     if removed:
         notes.append("metadata removed: " + ", ".join(removed))
+    notes.append(PIXELS_NOTE)
     clean = pixels_only(im)
     label = "photo" if fmt in PHOTO_FORMATS else "image"
     report = {
         "profile": "image metadata stripped (image rebuilt from its pixels)",
         "removed": removed,
+        "pixels": "passed on as they are",
     }
     logger.debug(
         "image intake: format={} size={}x{} -> {}x{} mode={}",
