@@ -255,7 +255,7 @@ class Consultations:
         if consultation_id is not None:
             if get_consultation(self.db, consultation_id, user.id).owner_id != user.id:
                 raise PermissionDenied("Only the clinician who owns a consultation can add to it.")
-            records = self.chat_history(user, consultation_id)
+            records = self.chat_history(user, consultation_id, with_png=True)
         variant = self.variant(variant_name)
         sampling = SamplingParams(**(variant.sampling_defaults or {}))
         atts = [(r.kind, r.page_count, r.text) for r in results]
@@ -298,8 +298,11 @@ class Consultations:
             raise NotFound("No model variant is active.")
         return active[0]
 
-    def chat_history(self, user: UserRecord, consultation_id: int) -> list[MessageRecord]:
-        return history(self.db, consultation_id, user_id=user.id, with_png=True)
+    def chat_history(
+        self, user: UserRecord, consultation_id: int, *, with_png: bool = False
+    ) -> list[MessageRecord]:
+        """The consultation as the user may read it; image bytes only `with_png` (prompts)."""
+        return history(self.db, consultation_id, user_id=user.id, with_png=with_png)
 
     def answer(
         self,
@@ -314,7 +317,7 @@ class Consultations:
 
         With `regenerate`, the current last answer is replaced (kept in the database, superseded).
         """
-        records = self.chat_history(user, consultation_id)
+        records = self.chat_history(user, consultation_id, with_png=True)
         replaces = None
         if records and records[-1].role is MessageRole.ASSISTANT:
             if not regenerate:
