@@ -133,24 +133,25 @@ class Auth:
 class UploadRegistry:
     """Who uploaded which of Gradio's cached files (in memory: that cache is per process too).
 
-    The server's file guard fills it and lets only the uploader read a file back; `/consult`
-    takes only the caller's own uploads as attachments.
+    The server's file guard fills it and lets only the uploaders read a file back; `/consult`
+    takes only the caller's own uploads as attachments. Gradio files an upload under its
+    content's hash, so two users who upload the same bytes share one path: both may use it.
     """
 
     def __init__(self) -> None:
-        self._owner: dict[str, str] = {}
+        self._owners: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def add(self, user: str, paths: list[str]) -> None:
         with self._lock:
             for p in paths:
-                self._owner[str(Path(p).resolve())] = user.strip().lower()
+                self._owners.setdefault(str(Path(p).resolve()), set()).add(user.strip().lower())
 
     def allowed(self, user: str | None, path: str) -> bool:
         if not user:
             return False
         with self._lock:
-            return self._owner.get(str(Path(path).resolve())) == user.strip().lower()
+            return user.strip().lower() in self._owners.get(str(Path(path).resolve()), ())
 
 
 class to_user_errors:
