@@ -15,8 +15,9 @@ DEFAULT_CONCURRENCY = 64
 
 
 #: Tokens per streamed chunk from vLLM (its `stream_interval`; the first token comes at once).
-#: The chat repaints at most 20 times a second, so single-token chunks only cost CPU: at 16
-#: concurrent answers, 4-token chunks took the app's share of the streaming work down about 4x.
+#: The chat repaints at most 20 times a second, so single-token chunks only cost CPU (vLLM's
+#: and ours). Measured on 2 cores, 16 concurrent 128-token answers: through-app throughput
+#: went from 0.66x to 0.86x of per-token direct streaming; direct itself gained ~12%.
 DEFAULT_STREAM_INTERVAL = 4
 
 

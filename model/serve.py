@@ -122,8 +122,9 @@ def colocate_engine_core(server_pid: int) -> set[int] | None:
     but its engine-core process may run anywhere, and between steps both busy-wait on each
     other (shared-memory queues polled with sched_yield for 1 s after each message). On a
     small machine the engine core then spins on the cores meant for the API server and the
-    app: measured on 2 cores, 16 requests arriving over 50-200 ms took 1.1-3.7 s instead of
-    0.6-0.8 s. Beside its worker the two spinners yield to each other. A no-op when the
+    app: measured on 2 cores, 16 requests arriving over 50-400 ms took 0.8-3.3 s (varying
+    from run to run) instead of 0.55-0.85 s. Beside its worker the two spinners yield to
+    each other. A no-op when the
     worker is not bound (GPU builds; VLLM_CPU_OMP_THREADS_BIND=nobind) or off Linux.
     """
     if not hasattr(os, "sched_setaffinity"):

@@ -457,6 +457,11 @@ def test_scanned_pdf_noted_as_without_text():
     assert result.text is None
     assert any("no text layer" in n for n in result.notes)
     assert_usable(result, 1)
+    # a scan cannot be checked for a printed name: said, not claimed clean
+    assert result.deidentified is False and result.deid_report["pages_without_text"] == [1]
+    assert any("reaches the model as is" in n for n in result.notes)
+    blank = intake_bytes(pdf_pages_after(lab_report_pdf(1), 1), "report.pdf")
+    assert blank.deidentified and blank.deid_report["pages_without_text"] == []  # blank page
 
 
 def test_encrypted_pdf_refused_owner_only_accepted():

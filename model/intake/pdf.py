@@ -100,7 +100,10 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
     text, truncated = _document_text(pages, found.spans, limits.max_text_chars)
     truncated = truncated or n_chars_total > sum(len(t) for t in pages.values())
     images: list[IntakeImage] = []
-    scanned = [i + 1 for i in range(n_render) if not pages.get(i, "").strip()]
+    # pages that show something without text to check: a scan, a photo (blank pages do not)
+    scanned = [
+        i + 1 for i in range(n_render) if not pages.get(i, "").strip() and _has_image(pdf, i)
+    ]
     for i in range(n_render):
         img = _render_page(pdf, i, filename, limits, found.spans.get(i, []))
         if img is None:
@@ -284,6 +287,17 @@ def _char_boxes(page, spans: list[tuple[int, int]], filename: str) -> list[tuple
         return boxes
     finally:
         textpage.close()
+
+
+def _has_image(pdf: pdfium.PdfDocument, index: int) -> bool:
+    page = pdf[index]
+    try:
+        return (
+            next(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=4), None)
+            is not None
+        )
+    finally:
+        page.close()
 
 
 def _check_embedded_images(page, index: int, filename: str, limits: IntakeLimits) -> None:
