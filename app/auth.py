@@ -83,12 +83,12 @@ class Auth:
             ]
             # Gradio passes gr.Request positionally, where the signature puts it: last (with a
             # default when the inputs have some, as a signature requires).
-            req_empty = inspect.Parameter.empty
+            empty = inspect.Parameter.empty
             req = inspect.Parameter(
                 "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request,
-                default=None if any(p.default is not p.empty for p in params) else req_empty,
+                default=None if any(p.default is not empty for p in params) else empty,
             )  # fmt: skip
-            returns = hints.get("return", inspect.Signature.empty)
+            returns = hints.get("return", empty)
             sig = inspect.Signature([*params, req], return_annotation=returns)
 
             def split(args: tuple, kwargs: dict) -> tuple[tuple, gr.Request | None]:
@@ -117,14 +117,9 @@ class Auth:
 
             del wrapper.__wrapped__  # Gradio must see the wrapper's signature (with request)
             wrapper.__signature__ = sig
-            wrapper.__annotations__ = {
-                **{
-                    p.name: p.annotation
-                    for p in sig.parameters.values()
-                    if p.annotation is not p.empty
-                },  # fmt: skip
-                **({"return": returns} if returns is not inspect.Signature.empty else {}),
-            }
+            annotations = {p.name: p.annotation for p in sig.parameters.values()}
+            annotations["return"] = returns
+            wrapper.__annotations__ = {k: v for k, v in annotations.items() if v is not empty}
             return wrapper
 
         return deco

@@ -425,7 +425,7 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
         app.connect()
         # the same request as the app's, chunking included
         engine = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model,
-                                                 stream_interval=cfg.stream_interval or None))  # fmt: skip
+                                                 stream_interval=cfg.stream_interval))  # fmt: skip
 
         # Warm-up: one app turn gives the exact prompt the app sent; then a batch per path.
         _, cid = app.request(0)

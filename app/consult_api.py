@@ -20,12 +20,13 @@ name on the server is refused.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
 
 from app.auth import CLINICAL, Auth, UploadRegistry
-from app.workflow import Answer, Consultations, throttled
+from app.workflow import Answer, Consultations
 from storage import InvalidInput, UserRecord
 
 
@@ -65,13 +66,9 @@ def build_consult_api(
 
 def stream_answer(flow: Consultations, user: UserRecord, answer: Answer) -> Iterator[dict]:
     """The answer's text as it grows, then how it ended (recorded first, even on Stop)."""
-    texts = throttled(answer)
-    try:
+    with closing(flow.streamed(user, answer)) as texts:
         for text in texts:
             yield {"consultation_id": answer.consultation_id, "text": text}
-    finally:
-        texts.close()  # first, so a Stop's partial text is final before it is stored
-        flow.record(user, answer)
     out = answer.outcome
     yield {
         "consultation_id": answer.consultation_id,

@@ -8,12 +8,13 @@ checks hold for the browser and for HTTP clients.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import gradio as gr
 
 from app.auth import CLINICAL, Auth
 from app.config import AppConfig
-from app.workflow import Answer, Consultations, throttled
+from app.workflow import Answer, Consultations
 from storage import (
     Database,
     MessageRecord,
@@ -181,13 +182,9 @@ def build_consult_tab(
     def _stream(user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
         """Yield the chat while the answer streams (throttled); record it, then show it stored."""
         shown = render(answer.history)
-        texts = throttled(answer)
-        try:
+        with closing(flow.streamed(user, answer)) as texts:
             for text in texts:
                 yield [*shown, {"role": "assistant", "content": text}]
-        finally:
-            texts.close()
-            flow.record(user, answer)
         stored = [answer.recorded] if answer.recorded is not None else []
         final = render([*answer.history, *stored])
         out = answer.outcome

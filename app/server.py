@@ -125,7 +125,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
         logger.warning(FIRST_ADMIN_HINT)
     auth = Auth(db)
     engines = EngineRegistry(
-        timeout_s=config.answer_timeout_s, stream_interval=config.stream_interval or None
+        timeout_s=config.answer_timeout_s, stream_interval=config.stream_interval
     )
     flow = Consultations(db, engines)
     uploads = UploadRegistry()

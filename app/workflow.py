@@ -256,16 +256,12 @@ class Consultations:
             if get_consultation(self.db, consultation_id, user.id).owner_id != user.id:
                 raise PermissionDenied("Only the clinician who owns a consultation can add to it.")
             records = self.chat_history(user, consultation_id, with_png=True)
-        variant = self.variant(variant_name)
-        sampling = SamplingParams(**(variant.sampling_defaults or {}))
         atts = [(r.kind, r.page_count, r.text) for r in results]
         images = [im.image for r in results for im in r.images]
         messages = [*to_chat_messages(records), user_turn(text, atts, images)]
-        engine, model = self.engines.for_variant(variant)
-        stream = TurnStream(engine, messages, sampling, model=model,
-                            context={"consultation": consultation_id, "variant": variant.name})  # fmt: skip
-        turn = self._writer.submit(self._store_turn, user, consultation_id, text, results)
-        return Answer(consultation_id, variant, sampling, stream, records, turn=turn)
+        answer = self._answer_to(consultation_id, records, messages, variant_name)
+        answer.turn = self._writer.submit(self._store_turn, user, consultation_id, text, results)
+        return answer
 
     def _store_turn(
         self, user: UserRecord, consultation_id: int | None, text: str, results: list[IntakeResult]
@@ -326,17 +322,39 @@ class Consultations:
             records = records[:-1]
         if not records or records[-1].role is not MessageRole.USER:
             raise InvalidInput("There is no question to answer yet.")
+        return self._answer_to(consultation_id, records, to_chat_messages(records), variant_name,
+                               sampling, replaces_id=replaces)  # fmt: skip
+
+    def _answer_to(
+        self,
+        consultation_id: int | None,
+        records: list[MessageRecord],
+        messages: list[ChatMessage],
+        variant_name: str | None,
+        sampling: SamplingParams | None = None,
+        *,
+        replaces_id: int | None = None,
+    ) -> Answer:
+        """The variant's (lazy) answer to `messages`, with its sampling unless given."""
         variant = self.variant(variant_name)
         sampling = sampling or SamplingParams(**(variant.sampling_defaults or {}))
         engine, model = self.engines.for_variant(variant)
-        stream = TurnStream(
-            engine,
-            to_chat_messages(records),
-            sampling,
-            model=model,
-            context={"consultation": consultation_id, "variant": variant.name},
-        )
-        return Answer(consultation_id, variant, sampling, stream, records, replaces_id=replaces)
+        stream = TurnStream(engine, messages, sampling, model=model,
+                            context={"consultation": consultation_id, "variant": variant.name})  # fmt: skip
+        return Answer(consultation_id, variant, sampling, stream, records, replaces_id=replaces_id)
+
+    def streamed(self, user: UserRecord, answer: Answer) -> Iterator[str]:
+        """The answer's text as it grows (throttled), recorded when it ends however it ends.
+
+        Close it when done reading (`contextlib.closing`): on Stop that ends the model stream
+        and fixes the partial text before it is stored.
+        """
+        texts = throttled(answer)
+        try:
+            yield from texts
+        finally:
+            texts.close()
+            self.record(user, answer)
 
     def record(self, user: UserRecord, answer: Answer) -> MessageRecord | None:
         """Store the answer however it ended (once) and audit it.

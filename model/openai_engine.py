@@ -52,7 +52,7 @@ class OpenAIEngineConfig:
     retries: int = 1
     """Retries of a request that never reached the model (connection errors, 502/503/504)."""
     stream_interval: int | None = None
-    """vLLM: send streamed text every this many tokens (the first and last at once); None
+    """vLLM: send streamed text every this many tokens (the first and last at once); None or 0
     leaves it to the server (every token). Fewer, larger chunks cost less to send and parse."""
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import pytest
@@ -233,15 +235,35 @@ def test_upload_size_is_capped(app_url):
     assert r.status_code in (413, 400), r.text
 
 
-def test_stop_keeps_the_partial_answer(app_url, app_db):
-    """The Stop button (an event cancel, as the browser sends it) records what had arrived."""
-    import time
+@contextmanager
+def long_answers(db: Database):
+    """The "tiny" variant answers at length (3000 sampled tokens) inside the block."""
+    from storage import ensure_model_variant, get_variant_by_name
 
-    from storage import ensure_model_variant
-
-    ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny",
+    endpoint = get_variant_by_name(db, "tiny").endpoint
+    ensure_model_variant(db, "tiny", endpoint, "tiny",
                          sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
     try:
+        yield
+    finally:
+        ensure_model_variant(db, "tiny", endpoint, "tiny", sampling_defaults={})
+
+
+def wait_for_answer(db: Database, cid: int, user: str = "alice") -> list:
+    """The consultation's messages once its answer is stored (at most 30 s)."""
+    user_id = get_user_by_name(db, user).id
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msgs = history(db, cid, user_id=user_id)
+        if len(msgs) == 2:
+            break
+        time.sleep(0.2)
+    return msgs
+
+
+def test_stop_keeps_the_partial_answer(app_url, app_db):
+    """The Stop button (an event cancel, as the browser sends it) records what had arrived."""
+    with long_answers(app_db):
         alice = client(app_url, "alice")
         dropdown, *_ = alice.predict({"text": "Long answer please", "files": []}, None,
                                      api_name="/send")  # fmt: skip
@@ -251,28 +273,14 @@ def test_stop_keeps_the_partial_answer(app_url, app_db):
             if out[0] and out[0][-1]["role"] == "assistant" and text_of(out[0][-1]):
                 break
         job.cancel()
-        user = get_user_by_name(app_db, "alice")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msgs = history(app_db, cid, user_id=user.id)
-            if len(msgs) == 2:
-                break
-            time.sleep(0.2)
+        msgs = wait_for_answer(app_db, cid)
         assert msgs[1].finish_reason.value == "cancelled" and msgs[1].text
         assert msgs[1].completion_tokens is None or msgs[1].completion_tokens < 3000
-    finally:
-        ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny", sampling_defaults={})
 
 
 def test_consult_api_cancel_keeps_the_question_and_partial_answer(app_url, app_db):
     """A program that cancels /consult mid-answer: both the turn and the partial answer stay."""
-    import time
-
-    from storage import ensure_model_variant
-
-    ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny",
-                         sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
-    try:
+    with long_answers(app_db):
         alice = client(app_url, "alice")
         job = alice.submit({"text": "Long answer please", "files": []}, None, "tiny",
                            api_name="/consult")  # fmt: skip
@@ -282,20 +290,6 @@ def test_consult_api_cancel_keeps_the_question_and_partial_answer(app_url, app_d
                 cid = out["consultation_id"]
                 break
         job.cancel()
-        user = get_user_by_name(app_db, "alice")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msgs = history(app_db, cid, user_id=user.id)
-            if len(msgs) == 2:
-                break
-            time.sleep(0.2)
+        msgs = wait_for_answer(app_db, cid)
         assert msgs[0].text == "Long answer please"
         assert msgs[1].finish_reason.value == "cancelled" and msgs[1].text
-    finally:
-        ensure_model_variant(app_db, "tiny", app_db_endpoint(app_db), "tiny", sampling_defaults={})
-
-
-def app_db_endpoint(db: Database) -> str:
-    from storage import get_variant_by_name
-
-    return get_variant_by_name(db, "tiny").endpoint
