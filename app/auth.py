@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 import typing
 from collections.abc import Callable
-from pathlib import Path
 
+import anyio
 import gradio as gr
+from fastapi import HTTPException
 from loguru import logger
 
-from model.errors import IntakeError, PulseMindError
+from app.edge import Denied, to_user_errors, user_message
+from app.login_throttle import login_attempt
 from storage import (
     Database,
     StorageError,
@@ -32,25 +33,38 @@ from storage import (
 CLINICAL = (UserRole.CLINICIAN, UserRole.ADMIN)
 
 
-class Denied(PulseMindError):
-    user_message = "You are not allowed to do this."
-
-
 class Auth:
     """Authentication against the users table and role checks for handlers."""
 
     def __init__(self, db: Database):
         self.db = db
 
+    async def login(self, username: str, password: str) -> bool:
+        """What Gradio's login route calls: `check_login` in a worker thread (argon2 takes
+        ~0.4 s; on the event loop it stalled every other request), database faults as a
+        plain 503 message instead of a 500."""
+        try:
+            return await anyio.to_thread.run_sync(self.check_login, username, password)
+        except StorageError as exc:
+            raise HTTPException(status_code=503, detail=user_message(exc)) from exc
+
     def check_login(self, username: str, password: str) -> bool:
+        """Gradio's login check; throttled per account and address (`app.login_throttle`)."""
+        attempt = login_attempt()  # the client's address and the throttle, from SessionGuard
+        if attempt.refused(self.db, username):  # locked: not even the right password counts
+            record_audit(self.db, "login", outcome="denied",
+                         detail={"reason": "locked", **attempt.audit_detail})  # fmt: skip
+            return False
         user = authenticate(self.db, username, password)
+        detail = {} if user else {"reason": "bad credentials"}
         record_audit(
             self.db,
             "login",
             user_id=user.id if user else None,
             outcome="ok" if user else "denied",
-            detail=None if user else {"reason": "bad credentials"},
+            detail={**detail, **attempt.audit_detail} or None,
         )
+        attempt.finished(self.db, username, user)
         return user is not None
 
     def user(self, request: gr.Request | None) -> UserRecord:
@@ -123,48 +137,3 @@ class Auth:
             return wrapper
 
         return deco
-
-
-class UploadRegistry:
-    """Who uploaded which of Gradio's cached files (in memory: that cache is per process too).
-
-    The server's file guard fills it and lets only the uploaders read a file back; `/consult`
-    takes only the caller's own uploads as attachments. Gradio files an upload under its
-    content's hash, so two users who upload the same bytes share one path: both may use it.
-    """
-
-    def __init__(self) -> None:
-        self._owners: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, user: str, paths: list[str]) -> None:
-        with self._lock:
-            for p in paths:
-                self._owners.setdefault(str(Path(p).resolve()), set()).add(user.strip().lower())
-
-    def allowed(self, user: str | None, path: str) -> bool:
-        if not user:
-            return False
-        with self._lock:
-            return user.strip().lower() in self._owners.get(str(Path(path).resolve()), ())
-
-
-class to_user_errors:
-    """Context manager: our typed errors -> gr.Error with their message (the UI's only edge)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        if exc is None or isinstance(exc, gr.Error | GeneratorExit):
-            return False
-        if isinstance(exc, PulseMindError):
-            raise gr.Error(_message(exc), title=type(exc).__name__) from exc
-        if isinstance(exc, StorageError):
-            raise gr.Error(str(exc) or exc.user_message) from exc
-        return False
-
-
-def _message(exc: PulseMindError) -> str:
-    """Specific text for refusals and bad files; the plain-language message for model faults."""
-    return str(exc) if isinstance(exc, Denied | IntakeError) else exc.user_message

@@ -383,10 +383,12 @@ def _bootstrap_vllm() -> str:
 
 def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
     """Run the whole benchmark (servers started and stopped here); return `summarize`'s dict."""
+    from PIL import Image
+
     from app.config import DEFAULT_CONCURRENCY, AppConfig
-    from app.workflow import to_chat_messages
     from model.chat import SamplingParams
     from model.openai_engine import OpenAIEngine, OpenAIEngineConfig
+    from model.prompt import to_chat_messages
     from storage import Database, create_user, ensure_model_variant, history
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -431,7 +433,8 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
         _, cid = app.request(0)
         messages = to_chat_messages(history(db, cid, with_png=True)[:-1])
         for img in (im for m in messages for im in m.images):
-            img.load()  # decode once here: the direct threads share these lazy PIL images
+            if isinstance(img, Image.Image):
+                img.load()  # decode once here: the direct threads share these lazy PIL images
         paths = {"direct": lambda i: direct_request(engine, messages, sampling)}
         for name in APP_PATHS if cfg.ui_path else ["app"]:
             paths[name] = lambda i, name=name: app.request(i, name)[0]

@@ -93,10 +93,10 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
 def _database(args: argparse.Namespace):
-    from app.config import AppConfig
     from storage import Database
+    from storage.db import resolve_database_url
 
-    db = Database(AppConfig(database_url=args.database_url).resolved_database_url)
+    db = Database(resolve_database_url(args.database_url))
     db.upgrade()
     return db
 
@@ -129,8 +129,28 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The version and the checkout this command runs from (each checkout runs its own code)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "pyproject.toml", "rb") as f:
+        v = tomllib.load(f)["project"]["version"]
+    return f"pulsemind {v} ({root})"
+
+
+class _Version(argparse.Action):
+    """Prints `_version()` unwrapped (argparse's own action wraps it at the terminal width)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pulsemind", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action=_Version, nargs=0, help="version and checkout; exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     from app.config import AppConfig

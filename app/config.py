@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+
+from app.login_throttle import (
+    DEFAULT_LOGIN_ACCOUNT_FAILURES,
+    DEFAULT_LOGIN_ADDRESS_FAILURES,
+    DEFAULT_LOGIN_LOCKOUT_S,
+    DEFAULT_LOGIN_WINDOW_S,
+)
+from app.sessions import DEFAULT_SESSION_IDLE_S, DEFAULT_TRUSTED_PROXIES
+from storage.db import default_data_dir, resolve_database_url
 
 #: Gradio refuses bigger uploads before they reach our code (intake has its own, per-type limits).
 DEFAULT_MAX_UPLOAD_MB = 50
@@ -19,6 +27,12 @@ DEFAULT_CONCURRENCY = 64
 #: and ours). Measured on 2 cores, 16 concurrent 128-token answers: through-app throughput
 #: went from 0.66x to 0.86x of per-token direct streaming; direct itself gained ~12%.
 DEFAULT_STREAM_INTERVAL = 4
+
+
+#: How often a streaming answer's text so far is stored (as `cut_off`, then updated): what a
+#: crash of the app can lose of an answer the clinician was reading. One small UPDATE per
+#: answer every 2 s is nothing next to the model's work.
+CHECKPOINT_INTERVAL_S = 2.0
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -52,11 +66,14 @@ class AppConfig:
         default=None, metadata={"help": "demo model directory (built if missing)"}
     )
     data_dir: str = field(
-        default_factory=lambda: _env(
-            "PULSEMIND_DATA_DIR", str(Path.home() / ".local" / "share" / "pulsemind")
-        ),
+        default_factory=lambda: str(default_data_dir()),
         metadata={"help": "where the SQLite file lives (PULSEMIND_DATA_DIR)"},
     )
+    upload_dir: str | None = field(
+        default=None,
+        metadata={"help": "Gradio's upload folder (PULSEMIND_UPLOAD_DIR); default a private "
+                  "folder in the system temp dir; never the database's folder"},
+    )  # fmt: skip
     max_upload_mb: int = field(default=DEFAULT_MAX_UPLOAD_MB, metadata={"help": "upload size cap"})
     concurrency: int = field(
         default=DEFAULT_CONCURRENCY, metadata={"help": "answers streamed at once"}
@@ -64,10 +81,41 @@ class AppConfig:
     answer_timeout_s: float = field(
         default=120.0, metadata={"help": "longest wait for the model server to say anything"}
     )
+    checkpoint_s: float = field(
+        default=CHECKPOINT_INTERVAL_S,
+        metadata={"help": "store a streaming answer's text every N seconds, so a crash of the "
+                  "app keeps what the clinician read (marked cut off)"},
+    )  # fmt: skip
     stream_interval: int = field(
         default=DEFAULT_STREAM_INTERVAL,
         metadata={"help": "vLLM sends the answer every N tokens (the first at once); 0: every "
                   "token (also for servers other than vLLM)"},
+    )  # fmt: skip
+    # Login throttle and sessions (app.login_throttle, app.sessions: why these defaults).
+    login_account_failures: int = field(
+        default=DEFAULT_LOGIN_ACCOUNT_FAILURES,
+        metadata={"help": "failed logins for one account (within --login-window-s) that lock it"},
+    )
+    login_address_failures: int = field(
+        default=DEFAULT_LOGIN_ADDRESS_FAILURES,
+        metadata={"help": "failed logins from one client address that lock that address"},
+    )
+    login_window_s: float = field(
+        default=DEFAULT_LOGIN_WINDOW_S,
+        metadata={"help": "failed logins older than this (seconds) no longer count"},
+    )
+    login_lockout_s: float = field(
+        default=DEFAULT_LOGIN_LOCKOUT_S,
+        metadata={"help": "how long (seconds) a locked account or address may not log in"},
+    )
+    session_idle_s: float = field(
+        default=DEFAULT_SESSION_IDLE_S,
+        metadata={"help": "a session unused this long (seconds) is logged out"},
+    )
+    trusted_proxies: str = field(
+        default=DEFAULT_TRUSTED_PROXIES,
+        metadata={"help": "reverse proxies whose X-Forwarded-For/-Proto are believed: addresses "
+                  "or networks, comma-separated; '' none (PULSEMIND_TRUSTED_PROXIES)"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -77,13 +125,17 @@ class AppConfig:
             raise ValueError("--model needs --model-url (where that model is served).")
         if not (0 <= self.port < 65536):  # 0: any free port (tests, benchmarks)
             raise ValueError(f"--port {self.port} is not a TCP port.")
+        for name in ("login_account_failures", "login_address_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+        for name in ("login_window_s", "login_lockout_s", "session_idle_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be more than 0 seconds.")
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{Path(self.data_dir) / 'pulsemind.db'}"
+        """Flag > PULSEMIND_DATABASE_URL > SQLite in the data dir (`storage.resolve_database_url`)."""
+        return resolve_database_url(self.database_url, self.data_dir)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -25,14 +25,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.auth import CLINICAL, Auth, UploadRegistry
+from app.auth import CLINICAL, Auth
+from app.edge import optional_id
 from app.workflow import Answer, Consultations
 from storage import InvalidInput, UserRecord
 
+#: What a program that sent something other than {"text": str, "files": [...]} is told.
+MALFORMED = 'The message must be {"text": "...", "files": [uploaded files]}.'
 
-def build_consult_api(
-    auth: Auth, flow: Consultations, uploads: UploadRegistry, concurrency: int
-) -> None:
+
+def build_consult_api(auth: Auth, flow: Consultations, concurrency: int) -> None:
     """Register `/consult` in the current Blocks."""
     guard = auth.guard(*CLINICAL)
 
@@ -49,19 +51,31 @@ def build_consult_api(
         consultation id and the answer text so far; the last one also has the stored message id,
         the finish reason (stop, length, cut_off, error, cancelled) and the error, if any.
         """
-        if not isinstance(message, dict):
-            raise InvalidInput('message must be {"text": ..., "files": [...]}.')
-        files = []
-        for f in message.get("files") or []:
-            path = f.get("path") if isinstance(f, dict) else f
-            if not isinstance(path, str) or not uploads.allowed(user.username, path):
-                raise InvalidInput("Attach files by uploading them to this server first.")
-            name = f.get("orig_name") if isinstance(f, dict) else None
-            files.append((name or Path(path).name, path))
-        text = str(message.get("text") or "")
-        yield from stream_answer(flow, user, flow.ask(user, consultation_id, text, files, variant))
+        if not isinstance(message, dict) or not isinstance(message.get("files") or [], list):
+            raise InvalidInput("malformed message", user_message=MALFORMED)
+        files = [(display_name(f), file_path(f)) for f in message.get("files") or []]
+        text = message.get("text") or ""
+        if not isinstance(text, str) or not (variant is None or isinstance(variant, str)):
+            raise InvalidInput("malformed message", user_message=MALFORMED)
+        cid = optional_id(consultation_id, "consultation")
+        # flow.ask takes only the caller's own uploads (storage.access.Uploads)
+        yield from stream_answer(flow, user, flow.ask(user, cid, text, files, variant))
 
     gr.api(consult, api_name="consult", concurrency_limit=concurrency)
+
+
+def file_path(f: object) -> object:
+    """The server path a file value names (a FileData dict or a plain path); checked later."""
+    return f.get("path") if isinstance(f, dict) else f
+
+
+def display_name(f: object) -> str:
+    """The name the user gave the file (never a server path)."""
+    name = f.get("orig_name") if isinstance(f, dict) else None
+    if isinstance(name, str) and name.strip():
+        return name
+    path = file_path(f)
+    return Path(path).name if isinstance(path, str) else "file"
 
 
 def stream_answer(flow: Consultations, user: UserRecord, answer: Answer) -> Iterator[dict]:

@@ -14,9 +14,12 @@ import gradio as gr
 
 from app.auth import CLINICAL, Auth
 from app.config import AppConfig
+from app.consult_api import display_name, file_path
+from app.edge import optional_id, parse_id, parse_index
 from app.workflow import Answer, Consultations
 from storage import (
     Database,
+    InvalidInput,
     MessageRecord,
     MessageRole,
     UserRecord,
@@ -38,6 +41,7 @@ FAILED_NOTES = {
     "cancelled": "*(stopped)*",
 }
 
+OPEN_FIRST = "Open a consultation first."
 #: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
 THUMBNAILS_PER_ATTACHMENT = 4
 
@@ -91,10 +95,119 @@ def _attachment_choices(records: list[MessageRecord]) -> list[tuple[str, str]]:
     ]
 
 
+class ConsultHandlers:
+    """The Consult tab's use cases as plain methods `(user, *inputs) -> outputs`: no components
+    and no request inside, so tests call them directly; `build_consult_tab` wraps each in
+    `Auth.guard` (role check, errors in users' words) and wires it to the page."""
+
+    def __init__(self, db: Database, flow: Consultations):
+        self.db, self.flow = db, flow
+
+    def refresh(self, user: UserRecord, current: int | None):
+        variants = list_active_variants(self.db)
+        names = [v.name for v in variants]
+        demo = any(v.embedded for v in variants)
+        return (
+            gr.update(choices=_choices(self.db, user), value=current),
+            gr.update(choices=names, value=names[0] if names else None),
+            gr.update(value=DEMO_BANNER, visible=demo),
+        )
+
+    def open_consultation(self, user: UserRecord, cid: int | None):
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            return [], "", gr.update(choices=[], value=None), ""
+        records = self.flow.chat_history(user, cid)
+        title_text = next((t for t, i in _choices(self.db, user) if i == cid), "")
+        return (
+            render(records),
+            title_text.rsplit(" · #", 1)[0],
+            gr.update(choices=_attachment_choices(records), value=None),
+            "",
+        )
+
+    def new_consultation(self, user: UserRecord):
+        c = create_consultation(self.db, user.id, None)
+        return gr.update(choices=_choices(self.db, user), value=c.id), [], c.title
+
+    def rename(self, user: UserRecord, cid: int | None, new_title: str):
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+        rename_consultation(self.db, cid, user.id, new_title)
+        return gr.update(choices=_choices(self.db, user), value=cid)
+
+    def report_choices(self, user: UserRecord, cid: int | None):
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            return gr.update(choices=[], value=None)
+        return gr.update(choices=_attachment_choices(self.flow.chat_history(user, cid)))
+
+    def show_report(self, user: UserRecord, cid: int | None, key: str | None):
+        cid = optional_id(cid, "consultation")
+        if cid is None or not key:
+            return ""
+        msg_part, _, pos_part = str(key).partition(":")  # "message id:attachment position"
+        msg_id, pos = parse_id(msg_part, "report"), parse_index(pos_part, "report")
+        for m in self.flow.chat_history(user, cid):
+            if m.id == msg_id:
+                return next((a.text or "" for a in m.attachments if a.position == pos), "")
+        return ""
+
+    def _stream(self, user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
+        """Yield the chat while the answer streams (throttled); record it, then show it stored."""
+        shown = render(answer.history)
+        with closing(self.flow.streamed(user, answer)) as texts:
+            for text in texts:
+                yield [*shown, {"role": "assistant", "content": text}]
+        stored = [answer.recorded] if answer.recorded is not None else []
+        final = render([*answer.history, *stored])
+        out = answer.outcome
+        if answer.recorded is None and out is not None and out.error is not None:
+            # nothing was stored (no text came): show the failure where the answer would be
+            note = FAILED_NOTES["error"].format(error=out.error.user_message)
+            final.append({"role": "assistant", "content": note})
+        yield final
+
+    def send(self, user: UserRecord, message: dict | None, cid: int | None):
+        """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained."""
+        message = message if isinstance(message, dict) else {}
+        files = [(display_name(f), file_path(f)) for f in message.get("files") or []]
+        # UploadRejected (one line per file) reaches the browser as an error; the draft and its
+        # files stay in the box because no output is updated. Only the caller's own uploads
+        # are taken (self.flow.take_in).
+        text = message.get("text") or ""
+        cid, _ = self.flow.add_turn(user, optional_id(cid, "consultation"),
+                               text if isinstance(text, str) else "", files)  # fmt: skip
+        choices = _choices(self.db, user)
+        title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
+        shown = render(self.flow.chat_history(user, cid))
+        return gr.update(choices=choices, value=cid), shown, None, "", title_text
+
+    def answer(self, user: UserRecord, cid: int | None, variant_name: str | None):
+        """Stream the model's answer to the last turn; plain values only (cheap per token)."""
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+        ans = self.flow.answer(user, cid, variant_name)
+        for chat_value in self._stream(user, ans):
+            yield chat_value, _status(ans)
+
+    def retry(self, user: UserRecord, cid: int | None, variant_name: str | None):
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+        # regenerate: replaces the last answer if there is one, else answers the last question
+        answer = self.flow.answer(user, cid, variant_name, regenerate=True)
+        for chat_value in self._stream(user, answer):
+            yield chat_value, _status(answer)
+
+
 def build_consult_tab(
     config: AppConfig, db: Database, auth: Auth, flow: Consultations
 ) -> Callable[[gr.Blocks], None]:
     guard = auth.guard(*CLINICAL)
+    h = ConsultHandlers(db, flow)
 
     banner = gr.Markdown(visible=False)
     with gr.Row():
@@ -125,124 +238,28 @@ def build_consult_tab(
                 retry_btn = gr.Button("Retry / regenerate", size="sm", scale=0, min_width=160)
             status = gr.Markdown(elem_id="consult-status")
 
-    # --- handlers -------------------------------------------------------------------------
-
-    @guard
-    def refresh(user: UserRecord, current: int | None):
-        variants = list_active_variants(db)
-        names = [v.name for v in variants]
-        demo = any(v.embedded for v in variants)
-        return (
-            gr.update(choices=_choices(db, user), value=current),
-            gr.update(choices=names, value=names[0] if names else None),
-            gr.update(value=DEMO_BANNER, visible=demo),
-        )
-
-    @guard
-    def open_consultation(user: UserRecord, cid: int | None):
-        if cid is None:
-            return [], "", gr.update(choices=[], value=None), ""
-        records = flow.chat_history(user, int(cid))
-        title_text = next((t for t, i in _choices(db, user) if i == int(cid)), "")
-        return (
-            render(records),
-            title_text.rsplit(" · #", 1)[0],
-            gr.update(choices=_attachment_choices(records), value=None),
-            "",
-        )
-
-    @guard
-    def new_consultation(user: UserRecord):
-        c = create_consultation(db, user.id, None)
-        return gr.update(choices=_choices(db, user), value=c.id), [], c.title
-
-    @guard
-    def rename(user: UserRecord, cid: int | None, new_title: str):
-        if cid is None:
-            raise gr.Error("Open a consultation first.")
-        rename_consultation(db, int(cid), user.id, new_title)
-        return gr.update(choices=_choices(db, user), value=int(cid))
-
-    @guard
-    def report_choices(user: UserRecord, cid: int | None):
-        if cid is None:
-            return gr.update(choices=[], value=None)
-        return gr.update(choices=_attachment_choices(flow.chat_history(user, int(cid))))
-
-    @guard
-    def show_report(user: UserRecord, cid: int | None, key: str | None):
-        if cid is None or not key:
-            return ""
-        msg_id, pos = (int(x) for x in key.split(":"))
-        for m in flow.chat_history(user, int(cid)):
-            if m.id == msg_id:
-                return next((a.text or "" for a in m.attachments if a.position == pos), "")
-        return ""
-
-    def _stream(user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
-        """Yield the chat while the answer streams (throttled); record it, then show it stored."""
-        shown = render(answer.history)
-        with closing(flow.streamed(user, answer)) as texts:
-            for text in texts:
-                yield [*shown, {"role": "assistant", "content": text}]
-        stored = [answer.recorded] if answer.recorded is not None else []
-        final = render([*answer.history, *stored])
-        out = answer.outcome
-        if answer.recorded is None and out is not None and out.error is not None:
-            # nothing was stored (no text came): show the failure where the answer would be
-            note = FAILED_NOTES["error"].format(error=out.error.user_message)
-            final.append({"role": "assistant", "content": note})
-        yield final
-
-    @guard
-    def send(user: UserRecord, message: dict | None, cid: int | None):
-        """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained."""
-        message = message or {}
-        files = [(_display_name(f), _path(f)) for f in message.get("files") or []]
-        # UploadRejected (one line per file) reaches the browser as an error; the draft and its
-        # files stay in the box because no output is updated.
-        cid, _ = flow.add_turn(user, int(cid) if cid else None, message.get("text", ""), files)
-        choices = _choices(db, user)
-        title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
-        shown = render(flow.chat_history(user, cid))
-        return gr.update(choices=choices, value=cid), shown, None, "", title_text
-
-    @guard
-    def answer(user: UserRecord, cid: int | None, variant_name: str | None):
-        """Stream the model's answer to the last turn; plain values only (cheap per token)."""
-        if cid is None:
-            raise gr.Error("Open a consultation first.")
-        ans = flow.answer(user, int(cid), variant_name)
-        for chat_value in _stream(user, ans):
-            yield chat_value, _status(ans)
-
-    @guard
-    def retry(user: UserRecord, cid: int | None, variant_name: str | None):
-        if cid is None:
-            raise gr.Error("Open a consultation first.")
-        # regenerate: replaces the last answer if there is one, else answers the last question
-        answer = flow.answer(user, int(cid), variant_name, regenerate=True)
-        for chat_value in _stream(user, answer):
-            yield chat_value, _status(answer)
-
     def wire(blocks: gr.Blocks) -> None:
-        blocks.load(refresh, [consultation], [consultation, variant, banner], api_name="refresh")
+        blocks.load(guard(h.refresh), [consultation], [consultation, variant, banner],
+                    api_name="refresh")  # fmt: skip
         # .input, not .change: the handlers below set the value while an answer streams
-        consultation.input(open_consultation, [consultation], [chat, title, report, status],
-                            api_name="open_consultation")  # fmt: skip
+        consultation.input(guard(h.open_consultation), [consultation],
+                           [chat, title, report, status], api_name="open_consultation")  # fmt: skip
         new_btn.click(
-            new_consultation, None, [consultation, chat, title], api_name="new_consultation"
+            guard(h.new_consultation), None, [consultation, chat, title], api_name="new_consultation"
         )
-        rename_btn.click(rename, [consultation, title], [consultation], api_name="rename")
-        report.change(show_report, [consultation, report], [report_text], api_name="report_text")
+        rename_btn.click(guard(h.rename), [consultation, title], [consultation], api_name="rename")
+        report.change(guard(h.show_report), [consultation, report], [report_text],
+                      api_name="report_text")  # fmt: skip
         limit = config.concurrency
-        send_ev = box.submit(send, [box, consultation], [consultation, chat, box, status, title],
-                             api_name="send", concurrency_limit=limit)  # fmt: skip
-        answer_ev = send_ev.success(answer, [consultation, variant], [chat, status],
+        send_ev = box.submit(guard(h.send), [box, consultation],
+                             [consultation, chat, box, status, title], api_name="send",
+                             concurrency_limit=limit)  # fmt: skip
+        answer_ev = send_ev.success(guard(h.answer), [consultation, variant], [chat, status],
                                     api_name="answer", concurrency_limit=limit)  # fmt: skip
-        retry_ev = retry_btn.click(retry, [consultation, variant], [chat, status],
+        retry_ev = retry_btn.click(guard(h.retry), [consultation, variant], [chat, status],
                                    api_name="retry", concurrency_limit=limit)  # fmt: skip
-        answer_ev.then(report_choices, [consultation], [report], api_visibility="private")
+        answer_ev.then(guard(h.report_choices), [consultation], [report],
+                       api_visibility="private")  # fmt: skip
         stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev])
 
     return wire
@@ -253,15 +270,3 @@ def _status(answer: Answer) -> str:
     if out is None or out.ok or out.finish_reason == "cancelled":
         return ""
     return f"⚠️ {out.error.user_message if out.error else 'The answer did not finish.'}"
-
-
-def _path(f) -> str:
-    return f if isinstance(f, str) else f.get("path")
-
-
-def _display_name(f) -> str:
-    if isinstance(f, dict) and f.get("orig_name"):
-        return f["orig_name"]
-    from pathlib import Path
-
-    return Path(_path(f)).name

@@ -12,15 +12,16 @@ checks that the caller may see that attachment.
 from __future__ import annotations
 
 import importlib.util
-import json
+import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import unquote
 
+import anyio
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -28,19 +29,25 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.routing import Mount
 
-from app.auth import Auth, UploadRegistry
+from app.auth import Auth
 from app.config import AppConfig
-from app.engines import EngineRegistry
+from app.edge import parse_id, parse_index, user_message
+from app.request_guard import RequestGuard
+from app.sessions import SessionGuard, uvicorn_proxy_options
 from app.ui import CSS_PATH, build_ui
 from app.workflow import Consultations
+from model.engines import EngineRegistry
 from model.serve import free_port
 from storage import (
     Database,
     NotFound,
+    StorageError,
+    Uploads,
     count_users,
     ensure_model_variant,
     get_attachment_image,
     get_user_by_name,
+    record_audit,
     user_can_access_attachment,
 )
 
@@ -48,46 +55,42 @@ from storage import (
 APP_START_TIMEOUT_S = 60
 
 FIRST_ADMIN_HINT = (
-    "No users exist yet. Create the first admin with:\n    pulsemind user add NAME --role admin"
+    "No users exist yet. Create the first admin with:\n"
+    "    scripts/pulsemind user add NAME --role admin"
 )
+LOGIN_MESSAGE = "PulseMind — log in with your account."
 
 
-class FileGuard:
-    """ASGI middleware: `/file=` paths only for their uploader; remembers who uploaded what.
+class LoginHint:
+    """ASGI middleware: the login page's hint follows the users table.
 
-    Plain ASGI rather than `@app.middleware("http")`, which would wrap every streamed SSE chunk
-    of every answer; here other requests pass straight through.
+    Gradio fixes `auth_message` when the app is mounted; the first admin is created later by
+    another process (`pulsemind user add`). While the page still says "no users exist yet",
+    each page load checks again (one COUNT), and drops the hint once someone exists.
     """
 
-    def __init__(self, app, *, uploads: UploadRegistry, current_user) -> None:
-        self.app, self.uploads, self.current_user = app, uploads, current_user
+    PAGES = frozenset({"/", "/config", "/gradio_api/login_check"})
+
+    def __init__(self, app, *, db: Database, blocks: gr.Blocks) -> None:
+        self.app, self.db, self.blocks = app, db, blocks
 
     async def __call__(self, scope, receive, send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if "/file=" in path:
-            target = unquote(path.split("/file=", 1)[1])
-            if not self.uploads.allowed(self.current_user(Request(scope)), target):
-                await JSONResponse({"error": "not found"}, status_code=404)(scope, receive, send)
-                return
-        elif path.rstrip("/").endswith("/upload"):
-            send = self._recording_uploads(scope, send)
+        if (
+            scope["type"] == "http"
+            and scope.get("path") in self.PAGES
+            and self.blocks.auth_message != LOGIN_MESSAGE
+        ):
+            await anyio.to_thread.run_sync(self.refresh)
         await self.app(scope, receive, send)
 
-    def _recording_uploads(self, scope, send):
-        user = self.current_user(Request(scope))
-        status, body = [0], bytearray()
-
-        async def recording_send(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            elif message["type"] == "http.response.body":
-                body.extend(message.get("body", b""))
-                if not message.get("more_body") and status[0] == 200 and user is not None:
-                    paths = json.loads(bytes(body))
-                    self.uploads.add(user, [p for p in paths if isinstance(p, str)])
-            await send(message)
-
-        return recording_send
+    def refresh(self) -> None:
+        try:
+            has_users = count_users(self.db) > 0
+        except StorageError:  # a busy database: keep the page as it is this time
+            return
+        self.blocks.auth_message = (
+            LOGIN_MESSAGE if has_users else f"{LOGIN_MESSAGE} {FIRST_ADMIN_HINT}"
+        )
 
 
 def ensure_variants(db: Database, config: AppConfig) -> None:
@@ -123,13 +126,15 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     ensure_variants(db, config)
     if count_users(db) == 0:
         logger.warning(FIRST_ADMIN_HINT)
+    upload_dir = use_upload_dir(config)
+    blocked = check_database_location(db, upload_dir)
     auth = Auth(db)
     engines = EngineRegistry(
         timeout_s=config.answer_timeout_s, stream_interval=config.stream_interval
     )
-    flow = Consultations(db, engines)
-    uploads = UploadRegistry()
-    blocks = build_ui(config, db, auth, flow, uploads)
+    uploads = Uploads()
+    flow = Consultations(db, engines, uploads, checkpoint_s=config.checkpoint_s)
+    blocks = build_ui(config, db, auth, flow)
     blocks.max_threads = config.concurrency + 16
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -144,42 +149,95 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
         return gradio_app.tokens.get(token) if token else None
 
     @api.get("/attachments/{attachment_id}/{position}.png")
-    def attachment_image(attachment_id: int, position: int, request: Request) -> Response:
-        name = current_user(request)
-        user = get_user_by_name(db, name) if name else None
-        if user is None or not user_can_access_attachment(db, user.id, attachment_id):
-            return JSONResponse({"error": "not found"}, status_code=404)
+    def attachment_image(attachment_id: str, position: str, request: Request) -> Response:
         try:
-            img = get_attachment_image(db, attachment_id, position)
+            att, pos = parse_id(attachment_id, "attachment"), parse_index(position, "image")
+            name = current_user(request)
+            user = get_user_by_name(db, name) if name else None
+            if user is None or not user_can_access_attachment(db, user.id, att):
+                raise NotFound("attachment not visible to the caller")
+            img = get_attachment_image(db, att, pos)
         except NotFound:
-            return JSONResponse({"error": "not found"}, status_code=404)
+            return JSONResponse({"error": "Not found."}, status_code=404)
+        except Exception as exc:  # noqa: BLE001 - the edge: a message for people, detail logged
+            status = 503 if isinstance(exc, StorageError) else 500
+            return JSONResponse({"error": user_message(exc)}, status_code=status)
         return Response(img.png, media_type="image/png", headers={"Cache-Control": "private"})
 
-    api.add_middleware(FileGuard, uploads=uploads, current_user=current_user)
+    def refused(username: str | None, route: str) -> None:
+        user = get_user_by_name(db, username) if username else None
+        record_audit(db, "denied", user_id=user.id if user else None, outcome="denied",
+                     detail={"action": "file_not_uploaded", "route": route[:100]})  # fmt: skip
+
+    api.add_middleware(
+        RequestGuard, uploads=uploads, current_user=current_user, on_refused=refused
+    )
+    api.add_middleware(SessionGuard, db=db, config=config)  # outermost: expired sessions first
 
     api = gr.mount_gradio_app(
         api,
         blocks,
         path="",
-        auth=auth.check_login,
-        auth_message="PulseMind — log in with your account. "
-        + ("" if count_users(db) else FIRST_ADMIN_HINT),
+        auth=auth.login,
+        auth_message=LOGIN_MESSAGE if count_users(db) else f"{LOGIN_MESSAGE} {FIRST_ADMIN_HINT}",
         max_file_size=f"{config.max_upload_mb}mb",
         ssr_mode=False,
         enable_monitoring=False,
-        show_error=True,
+        show_error=False,  # only our gr.Error messages (app.edge) reach the page
+        blocked_paths=blocked,
         footer_links=["api"],
         run_history=False,
         css_paths=[CSS_PATH],
     )
     gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
+    api.add_middleware(LoginHint, db=db, blocks=blocks)
     return api, blocks
+
+
+def use_upload_dir(config: AppConfig) -> Path:
+    """Gradio's upload cache: a folder of its own (0700), never one that holds the database.
+
+    Gradio reads `GRADIO_TEMP_DIR` when it stores and checks uploads, so it is set for the
+    process (an operator's own `GRADIO_TEMP_DIR` wins).
+    """
+    folder = Path(
+        os.environ.get("GRADIO_TEMP_DIR")
+        or config.upload_dir
+        or Path(tempfile.gettempdir()) / f"pulsemind-uploads-{os.getuid()}"
+    ).resolve()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def check_database_location(db: Database, upload_dir: Path) -> list[str]:
+    """Refuse to start when Gradio could serve the database; return the folders to block.
+
+    The SQLite file's folder (with its -wal and -shm files) goes into Gradio's blocked_paths.
+    Blocking cannot cover a database inside the upload folder, nor one whose folder holds the
+    upload folder (blocking it would block every upload): those are refused, with the fix.
+    """
+    if not db.is_sqlite:
+        return []
+    db_dir = Path(db.url.database).expanduser().resolve().parent
+    if upload_dir.is_relative_to(db_dir) or db_dir.is_relative_to(upload_dir):
+        raise StartupError(
+            f"The database folder {db_dir} and the upload folder {upload_dir} overlap: Gradio "
+            "serves uploads from the one. Put the database in a folder of its own "
+            "(--data-dir or --database-url) or move uploads (--upload-dir)."
+        )
+    return [str(db_dir)]
+
+
+class StartupError(RuntimeError):
+    """A configuration the app refuses to start with; the message names the fix."""
 
 
 def serve(config: AppConfig) -> None:
     api, _ = create_app(config)
     logger.info("PulseMind on http://{}:{}", config.host, config.port)
-    uvicorn.run(api, host=config.host, port=config.port, log_level="warning")
+    uvicorn.run(api, host=config.host, port=config.port, log_level="warning",
+                **uvicorn_proxy_options(config))  # fmt: skip
 
 
 @contextmanager
@@ -190,7 +248,8 @@ def serve_in_thread(config: AppConfig, db: Database | None = None) -> Iterator[s
     """
     api, _ = create_app(config, db)
     port = config.port or free_port(config.host)
-    server = uvicorn.Server(uvicorn.Config(api, host=config.host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(api, host=config.host, port=port, log_level="warning",
+                                           **uvicorn_proxy_options(config)))  # fmt: skip
     thread = threading.Thread(target=server.run, name="pulsemind-app", daemon=True)
     thread.start()
     deadline = time.monotonic() + APP_START_TIMEOUT_S

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.auth import Auth, UploadRegistry
+from app.auth import Auth
 from app.config import AppConfig
 from app.consult_api import build_consult_api
 from app.consult_tab import build_consult_tab
@@ -17,7 +17,7 @@ CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "app.css"
 
 
 def build_ui(
-    config: AppConfig, db: Database, auth: Auth, flow: Consultations, uploads: UploadRegistry
+    config: AppConfig, db: Database, auth: Auth, flow: Consultations
 ) -> gr.Blocks:
     with gr.Blocks(title="PulseMind", analytics_enabled=False) as blocks:
         with gr.Row():
@@ -33,5 +33,5 @@ def build_ui(
 
         blocks.load(who, None, whoami, api_visibility="private")
         load_consult(blocks)
-        build_consult_api(auth, flow, uploads, config.concurrency)
+        build_consult_api(auth, flow, config.concurrency)
     return blocks

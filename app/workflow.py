@@ -18,7 +18,6 @@ file, and the database is left as it was. Answers that fail are stored with thei
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loguru import logger
-from PIL import Image
 
-from app.engines import EngineRegistry
+from app.config import CHECKPOINT_INTERVAL_S
 from model.chat import ChatMessage, SamplingParams
+from model.engines import EngineRegistry
 from model.errors import IntakeError
+from model.images import for_model, stored_image
 from model.intake import IntakeLimits, IntakeResult, intake_bytes
+from model.prompt import to_chat_messages, user_turn
 from model.turn import TurnOutcome, TurnStream
 from storage import (
     Database,
@@ -41,24 +42,20 @@ from storage import (
     NewAttachment,
     NewImage,
     NotFound,
-    PermissionDenied,
+    Uploads,
     UserRecord,
     VariantRecord,
     add_assistant_message,
     add_user_message,
+    check_writable,
     create_consultation,
-    get_consultation,
     get_variant_by_name,
     history,
     list_active_variants,
     record_audit,
+    update_assistant_message,
 )
 
-#: What the model is told it is. Kept short: the demo model has a small context.
-SYSTEM_PROMPT = (
-    "You are PulseMind, a clinical consultation assistant for clinicians. Ask for missing "
-    "information that matters clinically, be medically accurate, useful and clear."
-)
 #: Title of a new consultation: the start of its first message.
 TITLE_CHARS = 60
 #: Longest a streamed answer's readers wait between updates: smooth to the eye (20 per second),
@@ -77,12 +74,6 @@ class UploadRejected(IntakeError):
         self.errors = errors
 
 
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
 def to_new_attachment(result: IntakeResult) -> NewAttachment:
     """An intake result as storage keeps it: derived, de-identified images and text only."""
     return NewAttachment(
@@ -93,7 +84,7 @@ def to_new_attachment(result: IntakeResult) -> NewAttachment:
         deidentified=result.deidentified,
         original_name=result.filename,
         images=[
-            NewImage(im.label, im.image.width, im.image.height, png_bytes(im.image))
+            NewImage(im.label, im.image.width, im.image.height, *stored_image(im))
             for im in result.images
         ],
         deid_report=result.deid_report,
@@ -101,46 +92,6 @@ def to_new_attachment(result: IntakeResult) -> NewAttachment:
         text=result.text,
         page_count=result.page_count,
     )
-
-
-def attachment_context(position: int, kind: str, page_count: int | None, text: str | None) -> str:
-    """What the model reads about an attachment besides its pixels (no file names: they can hold names)."""
-    parts = [f"[Attachment {position + 1}: {kind}"]
-    if page_count:
-        parts.append(f", {page_count} pages")
-    parts.append("]")
-    if text:
-        parts.append(f"\n{text}")
-    return "".join(parts)
-
-
-def user_turn(text: str, attachments: Sequence[tuple[str, int | None, str | None]],
-              images: list[Image.Image]) -> ChatMessage:  # fmt: skip
-    """A clinician's turn as the model reads it: one context line per attachment (kind, pages,
-    text), then the message; the attachments' images."""
-    context = "\n".join(attachment_context(i, *a) for i, a in enumerate(attachments))
-    return ChatMessage("user", f"{context}\n{text}".strip() if context else text, images)
-
-
-def to_chat_messages(records: Sequence[MessageRecord]) -> list[ChatMessage]:
-    """Stored history (with PNGs loaded) as the messages a model receives."""
-    out = [ChatMessage("system", SYSTEM_PROMPT)]
-    for m in records:
-        if m.role is MessageRole.SYSTEM:
-            continue
-        if m.role is MessageRole.ASSISTANT:
-            if m.text:  # a failed answer with no text is not part of the dialogue
-                out.append(ChatMessage("assistant", m.text))
-            continue
-        images = [
-            Image.open(io.BytesIO(img.png))
-            for att in m.attachments
-            for img in att.images
-            if img.png
-        ]
-        atts = [(a.kind.value, a.page_count, a.text) for a in m.attachments]
-        out.append(user_turn(m.text, atts, images))
-    return out
 
 
 @dataclass
@@ -156,6 +107,8 @@ class Answer:
     """The stored messages the answer is to (what the model was sent)."""
     replaces_id: int | None = None
     recorded: MessageRecord | None = field(default=None)
+    checkpoint_id: int | None = None
+    """The answer's row once its text so far was stored while streaming (`Consultations`)."""
     turn: Future | None = None
     """`ask`: the clinician's turn being stored while the model starts, -> (id, message)."""
 
@@ -188,21 +141,51 @@ class Answer:
 class Consultations:
     """Consultation use cases over one database and the engines of the model variants."""
 
-    def __init__(self, db: Database, engines: EngineRegistry, limits: IntakeLimits | None = None):
+    def __init__(
+        self,
+        db: Database,
+        engines: EngineRegistry,
+        uploads: Uploads | None = None,
+        limits: IntakeLimits | None = None,
+        *,
+        checkpoint_s: float = CHECKPOINT_INTERVAL_S,
+    ):
         self.db = db
         self.engines = engines
+        self.uploads = uploads if uploads is not None else Uploads()
+        """Who uploaded which file (`storage.access.Uploads`): a turn may attach only the
+        caller's own uploads."""
         self.limits = limits or IntakeLimits()
+        self.checkpoint_s = checkpoint_s
         # `ask` stores turns here: one thread, as SQLite takes one writer at a time anyway.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pulsemind-turns")
 
+    def close(self) -> None:
+        """Wait for turns being stored, then end the writer thread."""
+        self._writer.shutdown(wait=True)
+
+    def __enter__(self) -> Consultations:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- uploads --------------------------------------------------------------------------
 
-    def take_in(self, files: Sequence[tuple[str, str | Path]]) -> list[IntakeResult]:
-        """Intake every (display name, path) pair; UploadRejected lists each failing file."""
+    def take_in(
+        self, user: UserRecord, files: Sequence[tuple[str, str | Path]]
+    ) -> list[IntakeResult]:
+        """Intake every (display name, path) pair; UploadRejected lists each failing file.
+
+        Every path must be one of `user`'s uploads (checked before any file is opened): a
+        request cannot make the server read a file its caller did not upload.
+        """
         if len(files) > self.limits.max_files_per_turn:
             raise UploadRejected(
                 [f"{len(files)} files in one message; at most {self.limits.max_files_per_turn}."]
             )
+        for _, path in files:
+            self.uploads.require(user.username, path)
         results, errors = [], []
         for name, path in files:
             try:
@@ -227,9 +210,9 @@ class Consultations:
     ) -> tuple[int, MessageRecord]:
         """Store the clinician's message (and its uploads); create the consultation if needed."""
         text = _turn_text(text, files)
-        results = self.take_in(files)  # before any write: a bad file changes nothing
         if consultation_id is not None:
-            get_consultation(self.db, consultation_id, user.id)  # ownership check
+            check_writable(self.db, consultation_id, user.id)
+        results = self.take_in(user, files)  # before any write: a bad file changes nothing
         return self._store_turn(user, consultation_id, text, results)
 
     def ask(
@@ -250,14 +233,14 @@ class Consultations:
         raised from the iteration.
         """
         text = _turn_text(text, files)
-        results = self.take_in(files)
+        if consultation_id is not None:
+            check_writable(self.db, consultation_id, user.id)
+        results = self.take_in(user, files)
         records = []
         if consultation_id is not None:
-            if get_consultation(self.db, consultation_id, user.id).owner_id != user.id:
-                raise PermissionDenied("Only the clinician who owns a consultation can add to it.")
             records = self.chat_history(user, consultation_id, with_png=True)
         atts = [(r.kind, r.page_count, r.text) for r in results]
-        images = [im.image for r in results for im in r.images]
+        images = [for_model(im) for r in results for im in r.images]
         messages = [*to_chat_messages(records), user_turn(text, atts, images)]
         answer = self._answer_to(consultation_id, records, messages, variant_name)
         answer.turn = self._writer.submit(self._store_turn, user, consultation_id, text, results)
@@ -287,11 +270,12 @@ class Consultations:
         if name:
             v = get_variant_by_name(self.db, name)
             if v is None or not v.active:
-                raise NotFound(f"No active model variant named {name!r}.")
+                raise NotFound(f"variant {name!r} unknown or inactive",
+                               user_message=f"No active model variant named {name!r}.")
             return v
         active = list_active_variants(self.db)
         if not active:
-            raise NotFound("No model variant is active.")
+            raise NotFound("no active variant", user_message="No model variant is active.")
         return active[0]
 
     def chat_history(
@@ -312,16 +296,19 @@ class Consultations:
         """Start the model's answer to the consultation so far (lazy: nothing runs until iterated).
 
         With `regenerate`, the current last answer is replaced (kept in the database, superseded).
+        Only the consultation's owner may ask (an admin reads, never answers, there).
         """
+        check_writable(self.db, consultation_id, user.id)
         records = self.chat_history(user, consultation_id, with_png=True)
         replaces = None
         if records and records[-1].role is MessageRole.ASSISTANT:
             if not regenerate:
-                raise InvalidInput("The last message already has an answer; regenerate it instead.")
+                raise InvalidInput("last message answered", user_message="The last message already "
+                                   "has an answer; regenerate it instead.")
             replaces = records[-1].id
             records = records[:-1]
         if not records or records[-1].role is not MessageRole.USER:
-            raise InvalidInput("There is no question to answer yet.")
+            raise InvalidInput("no question", user_message="There is no question to answer yet.")
         return self._answer_to(consultation_id, records, to_chat_messages(records), variant_name,
                                sampling, replaces_id=replaces)  # fmt: skip
 
@@ -350,11 +337,31 @@ class Consultations:
         and fixes the partial text before it is stored.
         """
         texts = throttled(answer)
+        saved_at = time.monotonic()
         try:
-            yield from texts
+            for text in texts:
+                yield text
+                if text and time.monotonic() - saved_at >= self.checkpoint_s:
+                    self._checkpoint(user, answer, text)
+                    saved_at = time.monotonic()
         finally:
             texts.close()
             self.record(user, answer)
+
+    def _checkpoint(self, user: UserRecord, answer: Answer, text: str) -> None:
+        """Store the text shown so far as a `cut_off` answer (then update it): if the app dies
+        mid-answer, what the clinician read is kept, marked cut off. `record` finishes it."""
+        if answer.checkpoint_id is None:
+            msg = add_assistant_message(
+                self.db, answer.consultation_id, text, user_id=user.id,
+                model_variant_id=answer.variant.id, sampling_params=answer.sampling.to_dict(),
+                latency_ms=None, first_token_ms=None, prompt_tokens=None,
+                completion_tokens=None, finish_reason="cut_off", replaces_id=answer.replaces_id,
+            )  # fmt: skip
+            answer.checkpoint_id = msg.id
+        else:
+            update_assistant_message(self.db, answer.checkpoint_id, text, user_id=user.id,
+                                     finish_reason="cut_off")  # fmt: skip
 
     def record(self, user: UserRecord, answer: Answer) -> MessageRecord | None:
         """Store the answer however it ended (once) and audit it.
@@ -366,33 +373,39 @@ class Consultations:
             return answer.recorded
         try:
             answer.stored_turn()
-        except Exception:  # noqa: BLE001 - raised (and shown) where the answer was iterated
-            logger.warning("answer not recorded: its turn could not be stored")
+        except Exception as exc:  # noqa: BLE001 - raised (and shown) where the answer was iterated
+            logger.warning("answer not recorded: its turn could not be stored ({}: {})",
+                           type(exc).__name__, getattr(exc, "detail", exc))  # fmt: skip
             return None
         out = answer.outcome or TurnOutcome(text="", finish_reason="cancelled")
         log = logger.bind(consultation=answer.consultation_id, variant=answer.variant.name)
         detail = {"variant": answer.variant.name, "finish_reason": out.finish_reason}
         outcome = "ok" if out.ok or out.finish_reason == "cancelled" else "error"
-        if not out.text:
+        if not out.text and answer.checkpoint_id is None:
             record_audit(self.db, "answer", user_id=user.id, target_type="consultation",
                          target_id=str(answer.consultation_id), outcome=outcome,
                          detail=detail)  # fmt: skip
             log.info("answer attempt not stored: {} with no text", out.finish_reason)
             return None
-        msg = add_assistant_message(
-            self.db,
-            answer.consultation_id,
-            out.text,
-            model_variant_id=answer.variant.id,
-            sampling_params=answer.sampling.to_dict(),
+        outcome_fields = dict(
+            user_id=user.id,
             latency_ms=_ms(out.latency_s),
             first_token_ms=_ms(out.first_token_s),
             prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens,
             finish_reason=out.finish_reason,
             error=out.error.user_message if out.error else None,
-            replaces_id=answer.replaces_id,
         )
+        if answer.checkpoint_id is not None:  # stored while streaming: finish that row
+            msg = update_assistant_message(
+                self.db, answer.checkpoint_id, out.text, **outcome_fields
+            )
+        else:
+            msg = add_assistant_message(
+                self.db, answer.consultation_id, out.text, model_variant_id=answer.variant.id,
+                sampling_params=answer.sampling.to_dict(), replaces_id=answer.replaces_id,
+                **outcome_fields,
+            )  # fmt: skip
         answer.recorded = msg
         record_audit(self.db, "answer", user_id=user.id, target_type="message",
                      target_id=str(msg.id), outcome=outcome, detail=detail)  # fmt: skip
@@ -403,7 +416,7 @@ class Consultations:
 def _turn_text(text: str | None, files: Sequence) -> str:
     text = (text or "").strip()
     if not text and not files:
-        raise InvalidInput("Type a message or attach a file.")
+        raise InvalidInput("empty turn", user_message="Type a message or attach a file.")
     return text
 
 

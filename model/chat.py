@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from PIL import Image
+if TYPE_CHECKING:
+    from model.images import ModelImage
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "cut_off", "cancelled", "error"]
@@ -20,11 +21,14 @@ FinishReason = Literal["stop", "length", "cut_off", "cancelled", "error"]
 
 @dataclass
 class ChatMessage:
-    """One turn: text plus images (already de-identified and scaled by intake)."""
+    """One turn: text plus images (already de-identified and scaled by intake).
+
+    An image is pixels (`PIL.Image`) or an `EncodedImage` (the upload's own bytes, sent as
+    they are while they fit the model's pixel budget): see `model.images`."""
 
     role: Role
     text: str
-    images: list[Image.Image] = field(default_factory=list)
+    images: list[ModelImage] = field(default_factory=list)
 
 
 @dataclass
@@ -35,6 +39,9 @@ class SamplingParams:
     top_p: float = 0.9
     max_tokens: int = 512
     seed: int | None = None
+    min_tokens: int = 0
+    """The end-of-answer token is held back until this many tokens (vLLM's `min_tokens`):
+    benchmarks and tests that need an answer of a known least length."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,6 +37,7 @@ from loguru import logger
 from model.chat import ChatMessage, Completion, Delta, SamplingParams
 from model.demo_model import DEMO_MAX_PIXELS, ensure_demo_model, is_demo_model
 from model.errors import ModelDiedMidAnswer, ModelError, ModelRejectedInput, ModelTimeout
+from model.images import as_pixels
 
 #: Longest answer the CPU engine will write: the demo model does ~100 tokens/s on one core, a
 #: 7B model on CPU ~1-5, and the lock makes everyone else wait meanwhile.
@@ -191,7 +192,7 @@ class EmbeddedEngine:
                 content: str | list[dict] = [{"type": "image"} for _ in message.images]
                 if message.text:
                     content.append({"type": "text", "text": message.text})
-                images.extend(message.images)
+                images.extend(as_pixels(im) for im in message.images)
             else:
                 content = message.text
             conversation.append({"role": message.role, "content": content})
@@ -232,6 +233,7 @@ class EmbeddedEngine:
         # generation_config.json. top_k 0 = off, as in vLLM and the OpenAI API.
         return GenerationConfig(
             max_new_tokens=max_new,
+            min_new_tokens=min(sampling.min_tokens, max_new) or None,
             do_sample=sample,
             temperature=sampling.temperature if sample else 1.0,
             top_p=sampling.top_p if sample else 1.0,

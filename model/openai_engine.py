@@ -106,8 +106,13 @@ class OpenAIEngine:
         }
         if sampling.seed is not None:
             req["seed"] = sampling.seed
+        extra = {}  # vLLM's own request fields
         if self.config.stream_interval:
-            req["extra_body"] = {"stream_interval": self.config.stream_interval}
+            extra["stream_interval"] = self.config.stream_interval
+        if sampling.min_tokens:
+            extra["min_tokens"] = sampling.min_tokens
+        if extra:
+            req["extra_body"] = extra
         return req
 
     def _translate(self, exc: Exception, partial: str = "") -> ModelError:

@@ -14,9 +14,11 @@ the audit trail. SQLite by default (one file, WAL), any SQLAlchemy URL otherwise
 Repository functions take the `Database` and plain values, run in one transaction each,
 return frozen records (storage.records) and raise storage.errors.StorageError subclasses
 whose `user_message` the UI shows. Modules: db (engine, sessions, migrations), models
-(schema), users, consultations, messages, attachments, variants, audit.
+(schema), access (who may read and write what), users, consultations, messages,
+attachments, variants, audit.
 """
 
+from storage.access import Uploads
 from storage.attachments import (
     get_attachment_image,
     get_attachment_images,
@@ -24,6 +26,7 @@ from storage.attachments import (
 )
 from storage.audit import list_audit, record_audit
 from storage.consultations import (
+    check_writable,
     create_consultation,
     delete_consultation,
     get_consultation,
@@ -31,8 +34,22 @@ from storage.consultations import (
     rename_consultation,
 )
 from storage.db import Database, default_database_url
-from storage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, StorageError
-from storage.messages import add_assistant_message, add_user_message, get_message, history
+from storage.errors import (
+    Conflict,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+)
+from storage.messages import (
+    add_assistant_message,
+    add_user_message,
+    get_message,
+    history,
+    update_assistant_message,
+)
 from storage.models import AttachmentKind, AuditOutcome, FinishReason, MessageRole, UserRole
 from storage.records import (
     AttachmentRecord,
@@ -73,6 +90,8 @@ __all__ = [
     "Conflict",
     "ConsultationRecord",
     "Database",
+    "DatabaseBusy",
+    "DatabaseUnavailable",
     "FinishReason",
     "ImageRecord",
     "InvalidInput",
@@ -86,11 +105,13 @@ __all__ = [
     "StorageError",
     "UserRecord",
     "UserRole",
+    "Uploads",
     "VariantRecord",
     "add_assistant_message",
     "add_user_message",
     "authenticate",
     "count_users",
+    "check_writable",
     "create_consultation",
     "create_user",
     "default_database_url",
@@ -115,5 +136,6 @@ __all__ = [
     "set_password",
     "set_user_active",
     "set_variant_active",
+    "update_assistant_message",
     "user_can_access_attachment",
 ]

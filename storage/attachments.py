@@ -15,10 +15,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
+from storage.access import may_read_attachment
 from storage.checks import as_enum, bounded_text, json_object, optional_count
 from storage.db import Database
 from storage.errors import InvalidInput, NotFound
@@ -28,13 +29,9 @@ from storage.models import (
     Attachment,
     AttachmentImage,
     AttachmentKind,
-    Consultation,
-    Message,
     MessageAttachment,
-    User,
-    UserRole,
 )
-from storage.records import AttachmentRecord, ImageRecord, NewAttachment, NewImage
+from storage.records import AttachmentRecord, ImageRecord, NewAttachment, NewImage, from_row
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,11 +43,16 @@ MAX_DEID_REPORT_CHARS = 100_000
 MAX_IMAGES_PER_ATTACHMENT = 200
 #: Side of a derived image; intake downscales far below this.
 MAX_IMAGE_SIDE = 16_384
+#: Encodings the model may be sent as they are (`AttachmentImage.sent`).
+SENT_MIMES = (None, "image/jpeg", "image/png")
+#: An upload sent as it came fits the model's pixel budget (~1 MP): a few MB at the very most.
+MAX_SENT_BYTES = 20 * 2**20
 
 
-def _check_image(image: NewImage | tuple[str, int, int, bytes], index: int) -> NewImage:
+def _check_image(image: NewImage | tuple, index: int) -> NewImage:
     try:
-        label, width, height, png = image
+        label, width, height, png, *rest = image
+        sent_mime, sent = (*rest, None, None)[:2]
     except (TypeError, ValueError):
         raise InvalidInput(f"image {index} is not (label, width, height, png)") from None
     label = bounded_text(label, f"image {index} label", LABEL_LENGTH, allow_empty=True)
@@ -59,7 +61,11 @@ def _check_image(image: NewImage | tuple[str, int, int, bytes], index: int) -> N
             raise InvalidInput(f"image {index} {name} must be an int in 1..{MAX_IMAGE_SIDE}")
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
         raise InvalidInput(f"image {index} is not PNG bytes")
-    return NewImage(label, width, height, png)
+    if sent_mime not in SENT_MIMES or (sent is not None and not isinstance(sent, bytes)):
+        raise InvalidInput(f"image {index} sent encoding must be JPEG/PNG bytes or None")
+    if (sent is not None and sent_mime is None) or len(sent or b"") > MAX_SENT_BYTES:
+        raise InvalidInput(f"image {index} sent bytes without a type, or too large")
+    return NewImage(label, width, height, png, sent_mime, sent)
 
 
 def _check_new_attachment(new: NewAttachment) -> list[NewImage]:
@@ -119,6 +125,8 @@ def store_attachment(session: Session, new: NewAttachment) -> tuple[Attachment, 
             width=image.width,
             height=image.height,
             png=image.png,
+            sent_mime=image.sent_mime,
+            sent=image.sent,
         )
         for position, image in enumerate(images)
     )
@@ -126,15 +134,7 @@ def store_attachment(session: Session, new: NewAttachment) -> tuple[Attachment, 
 
 
 def _image_record(image: AttachmentImage, *, with_png: bool) -> ImageRecord:
-    return ImageRecord(
-        id=image.id,
-        attachment_id=image.attachment_id,
-        position=image.position,
-        label=image.label,
-        width=image.width,
-        height=image.height,
-        png=image.png if with_png else None,
-    )
+    return from_row(ImageRecord, image, **({} if with_png else {"png": None, "sent": None}))
 
 
 def load_attachments(
@@ -157,7 +157,7 @@ def load_attachments(
         .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
     )
     if with_png:
-        image_query = image_query.options(undefer(AttachmentImage.png))
+        image_query = image_query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
     images: dict[int, list[ImageRecord]] = {}
     if attachment_ids:
         for image in session.scalars(image_query):
@@ -167,22 +167,10 @@ def load_attachments(
     result: dict[int, list[AttachmentRecord]] = {}
     for link, attachment in links:
         result.setdefault(link.message_id, []).append(
-            AttachmentRecord(
-                id=attachment.id,
-                sha256=attachment.sha256,
-                kind=attachment.kind,
-                mime=attachment.mime,
-                size_bytes=attachment.size_bytes,
-                deidentified=attachment.deidentified,
-                deid_report=attachment.deid_report,
-                burned_in_annotation=attachment.burned_in_annotation,
-                text=attachment.text,
-                page_count=attachment.page_count,
-                created_at=attachment.created_at,
-                position=link.position,
-                original_name=link.original_name,
-                images=tuple(images.get(attachment.id, ())),
-            )
+            from_row(
+                AttachmentRecord, attachment, position=link.position,
+                original_name=link.original_name, images=tuple(images.get(attachment.id, ())),
+            )  # fmt: skip
         )
     return result
 
@@ -200,7 +188,7 @@ def get_attachment_images(
         .order_by(AttachmentImage.position)
     )
     if with_png:
-        query = query.options(undefer(AttachmentImage.png))
+        query = query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
     with db.transaction(write=False) as session:
         if session.get(Attachment, attachment_id) is None:
             raise NotFound(f"attachment {attachment_id} does not exist")
@@ -223,20 +211,9 @@ def get_attachment_image(db: Database, attachment_id: int, position: int) -> Ima
 
 
 def user_can_access_attachment(db: Database, user_id: int, attachment_id: int) -> bool:
-    """True if the user is an active admin, or owns a consultation that carries it."""
-    with db.transaction(write=False) as session:
-        user = session.get(User, user_id)
-        if user is None or not user.active:
-            return False
-        if session.get(Attachment, attachment_id) is None:
-            return False
-        if user.role is UserRole.ADMIN:
-            return True
-        owned = exists(
-            select(MessageAttachment.id)
-            .join(Message, Message.id == MessageAttachment.message_id)
-            .join(Consultation, Consultation.id == Message.consultation_id)
-            .where(MessageAttachment.attachment_id == attachment_id)
-            .where(Consultation.owner_id == user_id)
-        )
-        return bool(session.scalar(select(owned)))
+    """True if the user may read a consultation that carries the attachment (`storage.access`)."""
+    try:
+        with db.transaction(write=False) as session:
+            return may_read_attachment(session, user_id, attachment_id)
+    except NotFound:  # an id no row can have
+        return False

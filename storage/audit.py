@@ -21,7 +21,7 @@ from storage.checks import as_enum, json_object
 from storage.db import Database
 from storage.errors import InvalidInput
 from storage.models import ACTION_LENGTH, TARGET_ID_LENGTH, AuditEvent, AuditOutcome
-from storage.records import AuditRecord
+from storage.records import AuditRecord, from_row
 
 ACTION_PATTERN = re.compile(rf"^[a-z][a-z0-9_.:-]{{0,{ACTION_LENGTH - 1}}}$")
 #: A string in `detail` is an id, a class name or a short code; longer text is refused
@@ -58,16 +58,7 @@ def _check_name(value: str, field: str) -> str:
 
 
 def _record(event: AuditEvent) -> AuditRecord:
-    return AuditRecord(
-        id=event.id,
-        at=event.at,
-        user_id=event.user_id,
-        action=event.action,
-        target_type=event.target_type,
-        target_id=event.target_id,
-        outcome=event.outcome,
-        detail=event.detail,
-    )
+    return from_row(AuditRecord, event)
 
 
 def record_audit(

@@ -2,70 +2,26 @@
 
 A consultation belongs to the clinician who started it. Its owner may read and change it;
 an admin may read any consultation (not write to it); nobody else may do either. Inactive
-users may do nothing. `access_consultation` is the one place that rule lives: the message
-functions use it too.
+users may do nothing. That rule lives in `storage.access`; every function here applies it.
 """
 
 from __future__ import annotations
 
 from loguru import logger
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from storage.access import access_consultation, active_user
 from storage.checks import bounded_text
 from storage.db import Database
-from storage.errors import NotFound, PermissionDenied
-from storage.models import TITLE_LENGTH, Consultation, User, UserRole, utcnow
-from storage.records import ConsultationRecord
+from storage.errors import PermissionDenied
+from storage.models import TITLE_LENGTH, Consultation, UserRole, utcnow
+from storage.records import ConsultationRecord, from_row
 
 DEFAULT_TITLE = "New consultation"
 
 
 def _record(consultation: Consultation) -> ConsultationRecord:
-    return ConsultationRecord(
-        id=consultation.id,
-        owner_id=consultation.owner_id,
-        title=consultation.title,
-        created_at=consultation.created_at,
-        updated_at=consultation.updated_at,
-    )
-
-
-def _active_user(session: Session, user_id: int) -> User:
-    user = session.get(User, user_id)
-    if user is None or not user.active:
-        raise PermissionDenied(f"user {user_id} is unknown or inactive")
-    return user
-
-
-def access_consultation(
-    session: Session, consultation_id: int, user_id: int, *, write: bool, lock: bool = False
-) -> Consultation:
-    """The consultation, if `user_id` may read it (`write=False`) or change it (`write=True`).
-
-    NotFound if it does not exist; PermissionDenied if the user is not its owner (for
-    reading: not its owner and not an admin). `lock=True` locks the row until the
-    transaction ends (PostgreSQL `FOR UPDATE`; SQLite writers are serialised anyway), which
-    serialises writers appending to the same consultation.
-    """
-    user = _active_user(session, user_id)
-    query = select(Consultation).where(Consultation.id == consultation_id)
-    if lock:
-        query = query.with_for_update()
-    consultation = session.scalar(query)
-    if consultation is None:
-        raise NotFound(f"consultation {consultation_id} does not exist")
-    if consultation.owner_id == user_id:
-        return consultation
-    if not write and user.role is UserRole.ADMIN:
-        return consultation
-    logger.warning(
-        "user id={} denied {} access to consultation id={}",
-        user_id,
-        "write" if write else "read",
-        consultation_id,
-    )
-    raise PermissionDenied(f"user {user_id} may not access consultation {consultation_id}")
+    return from_row(ConsultationRecord, consultation)
 
 
 def _title(title: str | None) -> str:
@@ -80,7 +36,7 @@ def create_consultation(
     """Start a consultation owned by `owner_id` (clinicians and admins may)."""
     clean_title = _title(title)
     with db.transaction() as session:
-        owner = _active_user(session, owner_id)
+        owner = active_user(session, owner_id)
         if owner.role is UserRole.ANNOTATOR:
             raise PermissionDenied(f"user {owner_id} is an annotator; cannot own consultations")
         now = utcnow()
@@ -112,6 +68,16 @@ def get_consultation(db: Database, consultation_id: int, user_id: int) -> Consul
     """The consultation, if `user_id` may read it (owner or admin)."""
     with db.transaction(write=False) as session:
         return _record(access_consultation(session, consultation_id, user_id, write=False))
+
+
+def check_writable(db: Database, consultation_id: int, user_id: int) -> ConsultationRecord:
+    """The consultation, if `user_id` may add to it (its owner); raises as `access_consultation`.
+
+    For callers that must refuse before slow work (asking the model); the write itself
+    checks again in its own transaction.
+    """
+    with db.transaction(write=False) as session:
+        return _record(access_consultation(session, consultation_id, user_id, write=True))
 
 
 def rename_consultation(

@@ -36,9 +36,10 @@ from alembic.runtime.migration import MigrationContext
 from loguru import logger
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import StorageError
+from storage.errors import DatabaseBusy, DatabaseUnavailable, NotFound, StorageError
 
 DATABASE_URL_ENV = "PULSEMIND_DATABASE_URL"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -49,15 +50,33 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 _WRITE_OPTION = "pulsemind_write"
 
 
-def default_database_url() -> str:
-    """`$PULSEMIND_DATABASE_URL`, else an SQLite file in the user's data folder (created)."""
-    url = os.environ.get(DATABASE_URL_ENV, "").strip()
+DATA_DIR_ENV = "PULSEMIND_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """`$PULSEMIND_DATA_DIR`, else `pulsemind/` in the user's data folder (XDG)."""
+    folder = os.environ.get(DATA_DIR_ENV, "").strip()
+    if folder:
+        return Path(folder)
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "pulsemind"
+
+
+def resolve_database_url(url: str | None = None, data_dir: str | Path | None = None) -> str:
+    """THE database URL of the app and of every command: the flag (`url`), else
+    `$PULSEMIND_DATABASE_URL`, else `pulsemind.db` in `data_dir` (default: `default_data_dir()`,
+    created). One resolution, so `pulsemind user add` writes where the app reads."""
+    url = (url or os.environ.get(DATABASE_URL_ENV, "")).strip()
     if url:
         return url
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    folder = Path(data_home) / "pulsemind"
+    folder = Path(data_dir) if data_dir else default_data_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite+pysqlite:///{folder / 'pulsemind.db'}"
+
+
+def default_database_url() -> str:
+    """`$PULSEMIND_DATABASE_URL`, else the SQLite file in the data folder (created)."""
+    return resolve_database_url()
 
 
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
@@ -78,6 +97,20 @@ def _on_sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
+
+
+#: Driver messages that mean "another writer holds the lock" (SQLite, PostgreSQL lock timeout).
+_BUSY_MARKERS = ("database is locked", "database is busy", "lock timeout", "could not obtain lock")
+
+
+def _fault(exc: OperationalError) -> StorageError:
+    """An operational database error as the storage error people see; detail to the log."""
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    if any(marker in text for marker in _BUSY_MARKERS):
+        logger.warning("database busy: {}", text)
+        return DatabaseBusy(f"database busy: {text[:200]}")
+    logger.error("database unavailable: {}", text)
+    return DatabaseUnavailable(f"database unavailable: {text[:200]}")
 
 
 class Database:
@@ -138,10 +171,23 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error.
 
         `write=False` for read-only work: on SQLite it does not take the write lock.
+        Database faults become storage errors with a message for people (`DatabaseBusy`,
+        `DatabaseUnavailable`; an id too large for an SQL integer is `NotFound`); the
+        driver's text stays in the log.
         """
         lock = self._sqlite_write_lock if write else contextlib.nullcontext()
-        with lock, self.session(write=write) as session, session.begin():
-            yield session
+        try:
+            with lock, self.session(write=write) as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            raise _fault(exc) from exc
+        except (DatabaseError, InterfaceError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            logger.error("database error: {}", exc.orig if exc.orig is not None else exc)
+            raise DatabaseUnavailable(f"database error: {type(exc.orig).__name__}") from exc
+        except OverflowError as exc:  # sqlite3 binding an int beyond 64 bits
+            raise NotFound(f"id out of range: {exc}") from exc
 
     def dispose(self) -> None:
         """Close every pooled connection (call before deleting the file)."""

@@ -46,3 +46,18 @@ class InvalidInput(StorageError):
     """A value the schema does not accept (unknown role, empty title, too long text, ...)."""
 
     user_message = "Some of the input is not valid."
+
+
+class DatabaseBusy(StorageError):
+    """Another writer held the database longer than a writer waits (SQLite's busy timeout)."""
+
+    user_message = "The database is busy. Nothing was lost; try again in a moment."
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be read or written (disk error, read-only file, server down)."""
+
+    user_message = (
+        "The database cannot be reached right now. Nothing you saved before is lost; try again "
+        "in a moment, and tell your administrator if it persists."
+    )

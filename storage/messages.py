@@ -19,9 +19,9 @@ from loguru import logger
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from storage.access import access_consultation
 from storage.attachments import load_attachments, store_attachment
 from storage.checks import as_enum, bounded_text, json_object, optional_count
-from storage.consultations import access_consultation
 from storage.db import Database
 from storage.errors import InvalidInput, NotFound
 from storage.models import (
@@ -35,7 +35,7 @@ from storage.models import (
     ModelVariant,
     utcnow,
 )
-from storage.records import AttachmentRecord, MessageRecord, NewAttachment
+from storage.records import AttachmentRecord, MessageRecord, NewAttachment, from_row
 
 #: One message's text. Far above any model context; stops a runaway paste or loop.
 MAX_MESSAGE_CHARS = 200_000
@@ -47,26 +47,7 @@ MAX_SAMPLING_PARAMS_CHARS = 10_000
 
 
 def _record(message: Message, attachments: Sequence[AttachmentRecord] = ()) -> MessageRecord:
-    return MessageRecord(
-        id=message.id,
-        consultation_id=message.consultation_id,
-        seq=message.seq,
-        role=message.role,
-        text=message.text,
-        created_at=message.created_at,
-        author_id=message.author_id,
-        model_variant_id=message.model_variant_id,
-        sampling_params=message.sampling_params,
-        latency_ms=message.latency_ms,
-        first_token_ms=message.first_token_ms,
-        prompt_tokens=message.prompt_tokens,
-        completion_tokens=message.completion_tokens,
-        finish_reason=message.finish_reason,
-        error=message.error,
-        replaces_id=message.replaces_id,
-        superseded=message.superseded,
-        attachments=tuple(attachments),
-    )
+    return from_row(MessageRecord, message, attachments=tuple(attachments))
 
 
 def _append(session: Session, consultation: Consultation, message: Message) -> Message:
@@ -148,6 +129,7 @@ def add_assistant_message(
     consultation_id: int,
     text: str,
     *,
+    user_id: int,
     model_variant_id: int | None,
     sampling_params: dict[str, Any] | None,
     latency_ms: int | None,
@@ -160,31 +142,19 @@ def add_assistant_message(
 ) -> MessageRecord:
     """Append a model answer (possibly partial or empty, with `error`) to the consultation.
 
+    `user_id` asked for the answer and must be allowed to write the consultation (its owner:
+    an admin reading someone else's consultation cannot add or regenerate answers there).
     `replaces_id`: the answer this one regenerates; it and every later message become
-    superseded. The caller has checked who asked for the answer; this function does not.
+    superseded.
     """
-    bounded_text(text, "answer", MAX_MESSAGE_CHARS, allow_empty=True)
-    reason = as_enum(FinishReason, finish_reason, "finish_reason")
+    outcome = _outcome_fields(text, finish_reason, error, latency_ms=latency_ms,
+                              first_token_ms=first_token_ms, prompt_tokens=prompt_tokens,
+                              completion_tokens=completion_tokens)  # fmt: skip
     params = json_object(sampling_params, "sampling_params", MAX_SAMPLING_PARAMS_CHARS)
-    counts = {
-        name: optional_count(value, name)
-        for name, value in (
-            ("latency_ms", latency_ms),
-            ("first_token_ms", first_token_ms),
-            ("prompt_tokens", prompt_tokens),
-            ("completion_tokens", completion_tokens),
-        )
-    }
-    if error is not None:
-        error = str(error)
-        if len(error) > ERROR_LENGTH:
-            error = error[: ERROR_LENGTH - 1] + "…"
     with db.transaction() as session:
-        consultation = session.scalar(
-            select(Consultation).where(Consultation.id == consultation_id).with_for_update()
+        consultation = access_consultation(
+            session, consultation_id, user_id, write=True, lock=True
         )
-        if consultation is None:
-            raise NotFound(f"consultation {consultation_id} does not exist")
         if model_variant_id is not None and session.get(ModelVariant, model_variant_id) is None:
             raise NotFound(f"model variant {model_variant_id} does not exist")
         if replaces_id is not None:
@@ -194,13 +164,10 @@ def add_assistant_message(
             consultation,
             Message(
                 role=MessageRole.ASSISTANT,
-                text=text,
                 model_variant_id=model_variant_id,
                 sampling_params=params,
-                finish_reason=reason,
-                error=error,
                 replaces_id=replaces_id,
-                **counts,
+                **outcome,
             ),
         )
         record = _record(message)
@@ -210,10 +177,62 @@ def add_assistant_message(
         record.id,
         record.seq,
         model_variant_id,
-        reason.value,
+        record.finish_reason.value if record.finish_reason else None,
         f" replaces id={replaces_id}" if replaces_id is not None else "",
     )
     return record
+
+
+def update_assistant_message(
+    db: Database,
+    message_id: int,
+    text: str,
+    *,
+    user_id: int,
+    finish_reason: FinishReason | str,
+    error: str | None = None,
+    latency_ms: int | None = None,
+    first_token_ms: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+) -> MessageRecord:
+    """Replace the text and outcome of an answer stored while it streamed (a checkpoint).
+
+    A streaming answer is first stored as `cut_off` with the text shown so far, and updated
+    as it grows and when it ends: a crash of the app keeps what the clinician saw, marked cut
+    off. Only answers on the current branch of a consultation `user_id` may write.
+    """
+    outcome = _outcome_fields(text, finish_reason, error, latency_ms=latency_ms,
+                              first_token_ms=first_token_ms, prompt_tokens=prompt_tokens,
+                              completion_tokens=completion_tokens)  # fmt: skip
+    with db.transaction() as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} does not exist")
+        access_consultation(session, message.consultation_id, user_id, write=True, lock=True)
+        if message.role is not MessageRole.ASSISTANT or message.superseded:
+            raise InvalidInput(f"message {message_id} is not a current answer")
+        for name, value in outcome.items():
+            setattr(message, name, value)
+        session.flush()
+        return _record(message)
+
+
+def _outcome_fields(
+    text: str, finish_reason: FinishReason | str, error: str | None, **counts: int | None
+) -> dict[str, Any]:
+    """How an answer ended, checked: text, finish reason, error (shortened), counts."""
+    bounded_text(text, "answer", MAX_MESSAGE_CHARS, allow_empty=True)
+    if error is not None:
+        error = str(error)
+        if len(error) > ERROR_LENGTH:
+            error = error[: ERROR_LENGTH - 1] + "…"
+    return {
+        "text": text,
+        "finish_reason": as_enum(FinishReason, finish_reason, "finish_reason"),
+        "error": error,
+        **{name: optional_count(value, name) for name, value in counts.items()},
+    }
 
 
 def _supersede_from(session: Session, consultation_id: int, replaces_id: int) -> None:

@@ -247,6 +247,12 @@ class AttachmentImage(Base):
     height: Mapped[int] = mapped_column(Integer)
     # Deferred: listing images must not pull megabytes of PNG.
     png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    #: What the model is sent for this image when it is not a re-encoding of `png`: the
+    #: upload's own JPEG/PNG with its metadata stripped, pixel-identical to `png` (an upload
+    #: is never sent bigger than it came). `sent` None with `sent_mime` "image/png": `png`
+    #: itself is the stripped upload. Both None: `png` is encoded for the model.
+    sent_mime: Mapped[str | None] = mapped_column(String(MIME_LENGTH))
+    sent: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 class MessageAttachment(Base):

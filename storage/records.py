@@ -8,9 +8,9 @@ Inputs that have several parts (`NewAttachment`) are dataclasses too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from storage.models import (
     EMBEDDED_ENDPOINT,
@@ -20,6 +20,20 @@ from storage.models import (
     MessageRole,
     UserRole,
 )
+
+R = TypeVar("R")
+
+
+def from_row(record_type: type[R], row: object, **given: Any) -> R:
+    """The frozen record of an ORM row: every field of `record_type` read from the attribute
+    of the same name, except those `given` (derived or withheld values, e.g. `png=None`).
+
+    One mapping for every table: a column added to both the model and the record needs no
+    hand-written copy line, and a record field the row lacks fails loudly here.
+    """
+    values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in given}
+    return record_type(**values, **given)
+
 
 # --- inputs -----------------------------------------------------------------------------
 
@@ -31,6 +45,10 @@ class NewImage(NamedTuple):
     width: int
     height: int
     png: bytes
+    sent_mime: str | None = None
+    """The upload's own stripped encoding to send instead of re-encoding (see
+    `storage.models.AttachmentImage.sent`)."""
+    sent: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,7 @@ class ConsultationRecord:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """A stored derived image; `png` is None unless the bytes were asked for."""
+    """A stored derived image; `png` and `sent` are None unless the bytes were asked for."""
 
     id: int
     attachment_id: int
@@ -91,6 +109,8 @@ class ImageRecord:
     width: int
     height: int
     png: bytes | None = None
+    sent_mime: str | None = None
+    sent: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -25,14 +26,15 @@ from storage.checks import as_enum
 from storage.db import Database
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import USERNAME_LENGTH, User, UserRole
-from storage.records import UserRecord
+from storage.records import UserRecord, from_row
 
 #: NIST SP 800-63B asks for at least 8; a clinical system reached over a network with
 #: passwords as the only factor warrants more.
 MIN_PASSWORD_LENGTH = 12
 #: argon2 hashes any length, but a megabyte "password" is a cheap way to burn CPU.
 MAX_PASSWORD_LENGTH = 1024
-USERNAME_PATTERN = re.compile(rf"^[a-z0-9][a-z0-9._-]{{1,{USERNAME_LENGTH - 1}}}$")
+#: Letters of any script (王医生, josé), digits, '.', '_', '-'; starting with a letter or digit.
+USERNAME_PATTERN = re.compile(rf"^[^\W_][\w.-]{{1,{USERNAME_LENGTH - 1}}}$")
 
 
 @functools.cache
@@ -46,11 +48,16 @@ def _dummy_hash() -> str:
     return _hasher().hash("pulsemind-no-such-user")
 
 
+def username_key(username: str) -> str:
+    """How usernames compare: NFKC (full-width Ｗang = Wang), trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
 def normalize_username(username: str) -> str:
-    """The stored form of a username (trimmed, lower-case); InvalidInput if malformed."""
+    """The stored form of a username (`username_key`); InvalidInput if malformed."""
     if not isinstance(username, str):
         raise InvalidInput("username must be text")
-    name = username.strip().lower()
+    name = username_key(username)
     if not USERNAME_PATTERN.fullmatch(name):
         raise InvalidInput(
             "username does not match the allowed pattern",
@@ -78,13 +85,7 @@ def _check_password(password: str) -> None:
 
 
 def _record(user: User) -> UserRecord:
-    return UserRecord(
-        id=user.id,
-        username=user.username,
-        role=user.role,
-        active=user.active,
-        created_at=user.created_at,
-    )
+    return from_row(UserRecord, user)
 
 
 def create_user(
@@ -117,7 +118,7 @@ def authenticate(db: Database, username: str, password: str) -> UserRecord | Non
         return None
     if len(password) > MAX_PASSWORD_LENGTH:
         return None
-    name = username.strip().lower()
+    name = username_key(username)
     with db.transaction(write=False) as session:
         user = session.scalar(select(User).where(User.username == name))
     if user is None or not user.active:
@@ -179,7 +180,7 @@ def get_user(db: Database, user_id: int) -> UserRecord:
 
 def get_user_by_name(db: Database, username: str) -> UserRecord | None:
     """The user with this username (any case), or None."""
-    name = username.strip().lower() if isinstance(username, str) else ""
+    name = username_key(username) if isinstance(username, str) else ""
     with db.transaction(write=False) as session:
         user = session.scalar(select(User).where(User.username == name))
         return _record(user) if user is not None else None

@@ -24,7 +24,7 @@ from storage.models import (
     URL_LENGTH,
     ModelVariant,
 )
-from storage.records import VariantRecord
+from storage.records import VariantRecord, from_row
 
 #: Sampling defaults are a handful of numbers.
 MAX_SAMPLING_DEFAULTS_CHARS = 10_000
@@ -33,18 +33,7 @@ MAX_NOTES_CHARS = 10_000
 
 
 def _record(variant: ModelVariant) -> VariantRecord:
-    return VariantRecord(
-        id=variant.id,
-        name=variant.name,
-        endpoint=variant.endpoint,
-        served_model_name=variant.served_model_name,
-        adapter_path=variant.adapter_path,
-        parent_id=variant.parent_id,
-        sampling_defaults=variant.sampling_defaults,
-        active=variant.active,
-        created_at=variant.created_at,
-        notes=variant.notes,
-    )
+    return from_row(VariantRecord, variant)
 
 
 def _check_endpoint(endpoint: str) -> str:

@@ -207,23 +207,27 @@ def test_consult_api_checks_role_owner_and_files(app_url, app_db, tmp_path):
     ).json()[0]  # fmt: skip
     bob = client(app_url, "bob")
     bob_id = get_user_by_name(app_db, "bob").id
-    before = len(list_audit(app_db, user_id=bob_id))
     for other in (bob, client(app_url, "root")):  # alice's consultation; admins read only
         with pytest.raises(AppError, match="not|owns"):
             other.predict({"text": "let me in", "files": []}, cid, "tiny", api_name="/consult")
-    for files in ([{"path": path}], [path], [{"path": "/etc/hostname"}]):  # not his uploads
-        with pytest.raises(AppError, match="uploading them to this server"):
-            bob.predict({"text": "see file", "files": files}, None, "tiny", api_name="/consult")
-    with pytest.raises(AppError, match="annotator"):
-        client(app_url, "ann").predict({"text": "hi", "files": []}, api_name="/consult")
     import httpx
 
+    for files in ([{"path": path}], [{"path": "/etc/hostname"}]):  # not his uploads
+        with pytest.raises(httpx.HTTPStatusError) as refused:  # before Gradio reads the payload
+            bob.predict({"text": "see file", "files": files}, None, "tiny", api_name="/consult")
+        assert refused.value.response.status_code == 403
+    with pytest.raises(AppError, match="uploading them here"):  # a bare path: the handler's check
+        bob.predict({"text": "see file", "files": [path]}, None, "tiny", api_name="/consult")
+    with pytest.raises(AppError, match="annotator"):
+        client(app_url, "ann").predict({"text": "hi", "files": []}, api_name="/consult")
     assert httpx.post(f"{app_url}/gradio_api/call/consult",
                       json={"data": [{"text": "hi", "files": []}]}).status_code == 401  # fmt: skip
     from storage import list_consultations
 
     assert list_consultations(app_db, bob_id) == [], "nothing was stored for bob"
-    assert len(list_audit(app_db, user_id=bob_id)) == before  # refusals are not turns
+    bobs = list_audit(app_db, user_id=bob_id)
+    assert not [e for e in bobs if e.action in ("upload", "answer")]  # refusals are not turns
+    assert any(e.action == "denied" for e in bobs)  # they are audited as refusals
     assert len(history(app_db, cid)) == 2, "alice's consultation is untouched"
 
 

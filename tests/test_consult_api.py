@@ -9,9 +9,10 @@ from apphelpers import PASSWORD, lab_report_pdf, login, make_users, png_file, ru
 from gradio_client import Client
 
 from app.config import AppConfig
-from app.engines import EngineRegistry
-from app.workflow import Consultations, to_chat_messages
+from app.workflow import Consultations
+from model.engines import EngineRegistry
 from model.openai_engine import to_openai_messages
+from model.prompt import to_chat_messages
 from model.serve import free_port
 from storage import Database, MessageRole, ensure_model_variant, get_user_by_name, history
 
@@ -28,6 +29,7 @@ def test_ask_sends_what_the_stored_turn_would_and_stores_it(demo_model_dir, tmp_
         ("ecg.png", png_file(tmp_path / "ecg.png", 1)),
         ("labs.pdf", lab_report_pdf(tmp_path / "l.pdf")),
     ]
+    flow.uploads.add(alice.username, [p for _, p in files])  # as the server records uploads
     cid = None
     for text, turn_files in [("Chest pain, see attached.", files), ("Any other tests?", [])]:
         answer = flow.ask(alice, cid, text, turn_files)

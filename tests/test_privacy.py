@@ -14,8 +14,8 @@ import pytest
 from intake_builders import PDF_PHI_STRINGS, PHI_STRINGS, dicom_with_phi, lab_report_with_phi
 from loguru import logger
 
-from app.engines import EngineRegistry
 from app.workflow import Consultations
+from model.engines import EngineRegistry
 from model.openai_engine import to_openai_messages
 from storage import Database, create_user, ensure_model_variant
 
@@ -46,6 +46,7 @@ def test_identifiers_reach_neither_prompt_nor_logs_nor_db(
         flow = Consultations(db, EngineRegistry())
         upload = tmp_path / name
         upload.write_bytes(make())
+        flow.uploads.add(user.username, [upload])  # as the server records uploads
         cid, msg = flow.add_turn(
             user, None, "See attached, what do you make of it?", [(name, upload)]
         )

@@ -60,6 +60,7 @@ from storage.models import (
     Attachment,
     AttachmentImage,
     Base,
+    Consultation,
     Message,
     MessageAttachment,
     User,
@@ -109,7 +110,11 @@ def pdf_upload(name: str) -> NewAttachment:
 
 
 def answer(db: Database, consultation_id: int, text_: str, **kw) -> int:
+    """Store an answer as the consultation's owner asked for it."""
+    with db.transaction(write=False) as session:
+        owner = session.get(Consultation, consultation_id).owner_id
     fields = dict(
+        user_id=owner,
         model_variant_id=None,
         sampling_params={"temperature": 0.7, "top_p": 0.9},
         latency_ms=1200,
@@ -156,7 +161,7 @@ def test_upgrade_matches_models_and_downgrade_drops_everything(tmp_path, monkeyp
     head = ScriptDirectory.from_config(config).get_current_head()
     assert db.current_revision() is None
     db.upgrade()
-    assert db.current_revision() == head == "0001"
+    assert db.current_revision() == head == "0002"
 
     def diff() -> list:
         with db.engine.connect() as conn:

@@ -66,7 +66,7 @@ def png_bytes(color: tuple[int, int, int]) -> bytes:
 
 def test_postgres_schema_matches_models_and_downgrades(pg_db: Database):
     assert pg_db.engine.dialect.name == "postgresql"
-    assert pg_db.current_revision() == "0001"
+    assert pg_db.current_revision() == "0002"
     with pg_db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         kinds = dict(
@@ -113,6 +113,7 @@ def test_postgres_round_trip(pg_db: Database):
         pg_db,
         c.id,
         "How long has it been there?",
+        user_id=alice.id,
         model_variant_id=variant.id,
         sampling_params={"temperature": 0.7, "seed": 3},
         latency_ms=900,

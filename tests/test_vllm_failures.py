@@ -73,7 +73,8 @@ def test_model_layer_records_cut_off_and_retry_succeeds(doomed_server, tmp_path)
 
     def record(o, replaces=None):
         return add_assistant_message(
-            db, cid, o.text, model_variant_id=variant.id, sampling_params=LONG.to_dict(),
+            db, cid, o.text, user_id=user.id, model_variant_id=variant.id,
+            sampling_params=LONG.to_dict(),
             latency_ms=int(o.latency_s * 1000), first_token_ms=None, prompt_tokens=o.prompt_tokens,
             completion_tokens=o.completion_tokens, finish_reason=o.finish_reason,
             error=o.error.user_message if o.error else None, replaces_id=replaces,

@@ -13,8 +13,11 @@ With pypdfium2 (PDFium, the engine of Chrome's viewer):
 
 Patient identifiers in the text layer (`pdf_deid`: labelled fields such as "Patient:" or
 "DOB:", e-mail, phone, SSN, dates, and every echo of a name found) are replaced in the text and
-painted black on the page images. A page without a text layer (a scan) cannot be checked:
-the result is then `deidentified=False` and says which pages.
+painted black on the page images. A rendered page without a text layer that shows an image (a
+scan or a photo) is read by OCR instead, and every printed line on it that is not a technical
+label is painted black (`model.intake.ocr`), after PDFium's lock is released. Measured on 2
+cores (loaded), warm engine: a scanned A4 page rendered at the model budget (842x1191) ~0.75
+CPU s (1.1-1.3 s wall); an 8-page scan 6.9-8.4 s for the whole intake.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .errors import (
 )
 from .images import budget_size, fit_within, megapixels, pixels_only
 from .limits import IntakeLimits
+from .ocr import mask_images
 from .pdf_deid import find_identifiers, redact
 from .types import Derived, IntakeImage
 
@@ -59,7 +63,7 @@ def read_pdf(data: bytes, filename: str, limits: IntakeLimits) -> Derived:
     with _PDFIUM_LOCK:
         pdf = _open(data, filename)
         try:
-            return _read(pdf, filename, limits)
+            derived, scans = _read(pdf, filename, limits)
         except pdfium.PdfiumError as exc:  # a page or its text that PDFium cannot load
             raise CorruptFile(
                 "Part of the PDF is damaged and cannot be read. Download or export it again.",
@@ -67,6 +71,14 @@ def read_pdf(data: bytes, filename: str, limits: IntakeLimits) -> Derived:
             ) from exc
         finally:
             pdf.close()
+    if scans:  # OCR outside the lock: other uploads' PDFs need not wait for it
+        masked, burned = mask_images([derived.images[k] for k in scans], filename)
+        for k, im in zip(scans, masked, strict=True):
+            derived.images[k] = im
+        derived.deid_report["burned_in_text"] = burned.report()
+        derived.burned_in_annotation = burned.lines_masked > 0
+        derived.notes.append(burned.note())
+    return derived
 
 
 def _open(data: bytes, filename: str) -> pdfium.PdfDocument:
@@ -85,7 +97,11 @@ def _open(data: bytes, filename: str) -> pdfium.PdfDocument:
         ) from exc
 
 
-def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Derived:
+def _read(
+    pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits
+) -> tuple[Derived, list[int]]:
+    """The PDF's pages and text, and the positions in `images` of pages without a text layer
+    that show an image (to be OCR'd)."""
     n_pages = len(pdf)
     if n_pages > limits.max_pdf_pages:
         raise TooManyPages(
@@ -104,11 +120,14 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
     scanned = [
         i + 1 for i in range(n_render) if not pages.get(i, "").strip() and _has_image(pdf, i)
     ]
+    scans: list[int] = []  # positions in `images` of the scanned pages
     for i in range(n_render):
         img = _render_page(pdf, i, filename, limits, found.spans.get(i, []))
         if img is None:
             notes.append(f"page {i + 1} has no printable area and was skipped")
             continue
+        if i + 1 in scanned:
+            scans.append(len(images))
         images.append(IntakeImage(img, f"page {i + 1}"))
     if n_pages > limits.pdf_pages_rendered:
         notes.append(
@@ -132,8 +151,8 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
         notes.append(f"{removed} patient identifier(s) removed from the text and page images")
     if scanned:
         notes.append(
-            f"page(s) {', '.join(map(str, scanned))} have no text layer (a scan or photo): "
-            "anything printed on them, the patient's name included, reaches the model as is"
+            f"page(s) {', '.join(map(str, scanned))} have no text layer (a scan or photo), so "
+            "they were read by OCR"
         )
     logger.info(
         "PDF intake: pages={} rendered={} text_chars={} truncated={} identifiers_removed={}",
@@ -143,12 +162,12 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
         truncated,
         removed,
     )
-    return Derived(
+    derived = Derived(
         images=images,
         mime="application/pdf",
         text=text_out,
         page_count=n_pages,
-        deidentified=not scanned,
+        deidentified=True,  # text layer checked; pages without one are masked by OCR
         deid_report={
             "profile": PROFILE,
             "removed": dict(sorted(found.counts.items())),
@@ -157,6 +176,7 @@ def _read(pdf: pdfium.PdfDocument, filename: str, limits: IntakeLimits) -> Deriv
         notes=notes,
         identifying_tokens=frozenset(found.tokens),
     )
+    return derived, scans
 
 
 def _page_texts(

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from .passthrough import EncodedOriginal
+
 IntakeKind = Literal["image", "dicom", "pdf"]
 
 
@@ -20,6 +22,10 @@ class IntakeImage:
 
     image: Image.Image
     label: str  # e.g. "photo", "page 1", "frame 12 of 40", "CT slice"
+    encoded: EncodedOriginal | None = None
+    """The upload's own encoding, metadata stripped, when it decodes to exactly `image`
+    (`model.intake.passthrough`): sent to the model instead of a re-encoding. Only image
+    uploads whose pixels intake left alone have one; `matches` catches later changes."""
 
 
 @dataclass

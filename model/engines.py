@@ -2,17 +2,21 @@
 
 One engine object per endpoint (HTTP connection pools are shared by every consultation), one
 embedded engine per (model dir, adapter) pair: it holds the weights in this process.
+In `model/` so the app, the trainers and the evaluation reach a variant's engine the same way.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.chat import ChatEngine
 from model.embedded import EmbeddedEngine
 from model.openai_engine import OpenAIEngine, OpenAIEngineConfig
-from storage import VariantRecord
+
+if TYPE_CHECKING:  # only the variant's fields are read: no runtime tie to storage
+    from storage import VariantRecord
 
 
 class EngineRegistry:

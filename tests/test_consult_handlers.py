@@ -1,0 +1,86 @@
+"""The Consult tab's handlers called directly (no browser, no server): the same rules hold, the
+answer streams and is recorded, errors come out as storage errors with users' messages."""
+
+from __future__ import annotations
+
+import pytest
+from apphelpers import make_users, png_file
+
+from app.consult_tab import ConsultHandlers
+from app.workflow import Consultations, UploadRejected
+from model.engines import EngineRegistry
+from storage import (
+    Database,
+    NotFound,
+    PermissionDenied,
+    ensure_model_variant,
+    get_user_by_name,
+    history,
+)
+
+
+@pytest.fixture
+def tab(demo_model_dir, tmp_path):
+    db = Database.sqlite(tmp_path / "t.db")
+    db.upgrade()
+    make_users(db)
+    ensure_model_variant(db, "demo", "embedded", str(demo_model_dir),
+                         sampling_defaults={"max_tokens": 8, "temperature": 0.0})  # fmt: skip
+    with Consultations(db, EngineRegistry(), checkpoint_s=0.0) as flow:
+        yield ConsultHandlers(db, flow), db, {n: get_user_by_name(db, n) for n in
+                                              ("alice", "bob", "root")}  # fmt: skip
+    db.dispose()
+
+
+def test_send_answer_retry_open_as_the_tab_would(tab, tmp_path):
+    h, db, u = tab
+    scan = png_file(tmp_path / "scan.png", 4)
+    h.flow.uploads.add("alice", [scan])
+    dropdown, shown, box, status, title = h.send(
+        u["alice"], {"text": "Chest pain", "files": [{"path": str(scan), "orig_name": "s.png"}]},
+        None)  # fmt: skip
+    cid = dropdown["value"]
+    assert title == "Chest pain" and box is None and "s.png" in shown[0]["content"]
+    updates = list(h.answer(u["alice"], cid, "demo"))
+    chat, status = updates[-1]
+    assert chat[-1]["role"] == "assistant" and status == ""
+    first = history(db, cid)[-1]
+    list(h.retry(u["alice"], cid, "demo"))
+    (q, again) = history(db, cid)
+    assert again.id != first.id and again.replaces_id == first.id
+    # checkpointing every update stored the answer while it streamed, then finished that row
+    assert again.finish_reason.value in ("stop", "length")
+    chat, *_ = h.open_consultation(u["root"], cid)  # an admin reads
+    assert len(chat) == 2
+
+
+def test_rules_and_messages_without_a_browser(tab, tmp_path):
+    h, db, u = tab
+    dropdown, *_ = h.send(u["alice"], {"text": "Cough", "files": []}, None)
+    cid = dropdown["value"]
+    list(h.answer(u["alice"], cid, "demo"))
+    before = history(db, cid, include_superseded=True)
+    with pytest.raises(PermissionDenied):
+        list(h.retry(u["root"], cid, "demo"))  # admins read, never answer, there
+    with pytest.raises(PermissionDenied):
+        h.open_consultation(u["bob"], cid)
+    with pytest.raises(PermissionDenied):
+        h.send(u["bob"], {"text": "mine", "files": []}, cid)
+    assert history(db, cid, include_superseded=True) == before
+    for bad in ("abc", -5, 10**30, 2.5):
+        with pytest.raises(NotFound) as exc:
+            h.open_consultation(u["alice"], bad)
+        assert exc.value.user_message == "This consultation does not exist."
+    # a file named by path that alice never uploaded is refused before it is opened
+    secret = tmp_path / "secret.png"
+    png_file(secret, 1)
+    with pytest.raises(PermissionDenied) as exc:
+        h.send(u["alice"], {"text": "x", "files": [{"path": str(secret)}]}, None)
+    assert exc.value.user_message == "Attach files by uploading them here first."
+    fake = tmp_path / "fake.dcm"
+    fake.write_text("not a dicom")
+    h.flow.uploads.add("alice", [fake])
+    with pytest.raises(UploadRejected) as exc:
+        h.send(u["alice"], {"text": "x", "files": [{"path": str(fake), "orig_name": "scan.dcm"}]},
+               None)  # fmt: skip
+    assert "scan.dcm" in str(exc.value)
