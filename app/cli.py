@@ -6,6 +6,7 @@
     pulsemind intake FILE... [--json]                               # what the model would receive
     pulsemind bench intake [FILE...]                                # intake speed and bytes saved
     pulsemind bench consult [--concurrency 1 16]                    # app vs direct-to-vLLM ratios
+    pulsemind bench deid                                            # identifier recall/precision
     pulsemind db upgrade                                            # apply migrations
     pulsemind user add NAME --role ROLE                             # create a user (asks password)
 
@@ -68,15 +69,19 @@ def _cmd_intake(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "consult":
-        from app.bench_consult import bench_consult_main
+        from app.bench.consult import bench_consult_main
 
         return bench_consult_main(args.rest)
     if args.what == "intake":
         from pathlib import Path
 
-        from model.bench_intake import bench_intake_main
+        from app.bench.intake import bench_intake_main
 
         return bench_intake_main([Path(f) for f in args.rest] or None)
+    if args.what == "deid":
+        from app.bench.deid import bench_deid_main
+
+        return bench_deid_main()
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_intake)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios")
-    b.add_argument("what", choices=["intake", "consult"])
+    b.add_argument("what", choices=["intake", "consult", "deid"])
     b.add_argument(
         "rest",
         nargs=argparse.REMAINDER,

@@ -126,6 +126,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     ensure_variants(db, config)
     if count_users(db) == 0:
         logger.warning(FIRST_ADMIN_HINT)
+    warm_up_intake()
     upload_dir = use_upload_dir(config)
     blocked = check_database_location(db, upload_dir)
     auth = Auth(db)
@@ -191,7 +192,24 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     )
     gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
     api.add_middleware(LoginHint, db=db, blocks=blocks)
+    api.router.on_shutdown.append(flow.close)  # turns being stored finish; the writer ends
     return api, blocks
+
+
+def warm_up_intake() -> None:
+    """Load the identifier recognizer (~5 s) and the OCR engine (~2 s) in the background, so
+    the first clinician to upload after a start does not wait for them."""
+
+    def load() -> None:
+        from model.intake import ocr, phi
+
+        try:
+            phi.load()
+            ocr.warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first upload loads (and reports) again
+            logger.opt(exception=exc).warning("intake warm-up failed; uploads will load it")
+
+    threading.Thread(target=load, name="pulsemind-intake-warm-up", daemon=True).start()
 
 
 def use_upload_dir(config: AppConfig) -> Path:

@@ -3,8 +3,10 @@
 An upload is identified by the sha256 of its original bytes. The first time it is seen,
 its derived content (de-identified text, rendered PNGs, the de-identification report) is
 stored; later uploads of the same bytes reuse that row and only add a link
-(`message_attachments`) with the name the file had this time. The original bytes are never
-stored: a DICOM original holds patient identifiers.
+(`message_attachments`) with the name the file had this time. The original file is never
+stored (a DICOM original holds patient identifiers); for an image intake left untouched, the
+upload's own encoding with its metadata stripped is kept beside the PNG (`sent`), because that
+is what the model is sent.
 
 `store_attachment` runs inside the caller's transaction (`add_user_message`), so a message
 and its attachments are written together or not at all.

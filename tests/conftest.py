@@ -21,6 +21,17 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def db(tmp_path: Path):
+    """A fresh SQLite database file at the newest schema."""
+    from storage import Database
+
+    database = Database.sqlite(tmp_path / "pulsemind.db")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2.5-VL built from code (about a second)."""

@@ -43,14 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = Database.sqlite(tmp_path / "pulsemind.db")
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def people(db: Database):
     return {
         name: create_user(db, name, PASSWORD, role)
@@ -273,4 +265,45 @@ def test_login_hint_follows_the_users_table_and_db_location_is_checked(tmp_path)
         finally:
             if saved is not None:
                 os.environ["GRADIO_TEMP_DIR"] = saved
+    db.dispose()
+
+
+def test_a_locked_database_says_busy_to_login_and_handlers(tmp_path):
+    """An outside writer holds SQLite's lock: login and a handler answer "busy" in seconds,
+    as sentences (before: HTTP 500 after 15 s, and the SQL text on the page)."""
+    import time
+
+    import httpx
+    from apphelpers import make_users, running_app
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from app.config import AppConfig
+    from model.serve import free_port
+
+    db = Database.sqlite(tmp_path / "db" / "pulsemind.db")
+    db.upgrade()
+    make_users(db)
+    config = AppConfig(model_url=f"http://127.0.0.1:{free_port()}/v1", model="tiny",
+                       data_dir=str(tmp_path / "db"), port=0)  # fmt: skip
+    with running_app(config, db) as url:
+        alice = Client(url, auth=("alice", PASSWORD), verbose=False)
+        other = sqlite3.connect(tmp_path / "db" / "pulsemind.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            t0 = time.monotonic()
+            r = httpx.post(f"{url}/login", data={"username": "bob", "password": PASSWORD},
+                           timeout=60)  # fmt: skip
+            took = time.monotonic() - t0
+            assert r.status_code == 503 and "busy" in r.json()["detail"], r.text
+            assert took < 12, took
+            with pytest.raises(AppError) as exc:
+                alice.predict({"text": "Cough", "files": []}, None, api_name="/send")
+            assert "busy" in str(exc.value) and "SQL" not in str(exc.value)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # and afterwards everything works again
+        dropdown, *_ = alice.predict({"text": "Cough", "files": []}, None, api_name="/send")
+        assert dropdown["value"]
     db.dispose()

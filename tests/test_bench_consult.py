@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app.bench_consult import BenchConsultConfig, bench_consult_main
-from app.bench_stats import Sample, batch_stats, format_report, summarize
+from app.bench.consult import BenchConsultConfig, bench_consult_main
+from app.bench.stats import Sample, batch_stats, format_report, summarize
 
 
 def test_rates_and_ratios_are_computed_from_the_samples():

@@ -18,7 +18,7 @@ import pypdfium2 as pdfium
 import pytest
 from fpdf import FPDF
 
-from model.bench_deid import PRECISION_GOAL, Score, score_text
+from app.bench.deid import PRECISION_GOAL, Score, score_text
 from model.intake import intake_bytes
 from model.intake.deid_corpus import (
     MIN_DOCUMENTS,

@@ -230,8 +230,10 @@ def test_burned_in_annotation_is_flagged():
     assert yes.burned_in_annotation
     assert yes.deid_report["burned_in_annotation"] == "YES"
     assert any("burned-in annotation" in n for n in yes.notes)
+    # The header says NO, yet this ultrasound prints "BAPTIST MED CTR" and a date: OCR runs on
+    # ultrasound whatever the header says, masks them and flags the image.
     no = intake_bytes(dicom_with("examples_jpeg2k.dcm", BurnedInAnnotation="NO"), "us.dcm")
-    assert not no.burned_in_annotation
+    assert no.burned_in_annotation and no.deid_report["burned_in_text"]["text_lines_masked"] > 0
     # Ultrasound without the tag: suspected (US machines print names on the image).
     suspected = intake_file(bundled("examples_jpeg2k.dcm"))
     assert suspected.burned_in_annotation and suspected.deid_report["burned_in_suspected"]
@@ -457,9 +459,9 @@ def test_scanned_pdf_noted_as_without_text():
     assert result.text is None
     assert any("no text layer" in n for n in result.notes)
     assert_usable(result, 1)
-    # a scan cannot be checked for a printed name: said, not claimed clean
-    assert result.deidentified is False and result.deid_report["pages_without_text"] == [1]
-    assert any("reaches the model as is" in n for n in result.notes)
+    # a scan is read by OCR and what identifies someone is masked before it goes anywhere
+    assert result.deidentified and result.deid_report["pages_without_text"] == [1]
+    assert any("read by OCR" in n for n in result.notes)
     blank = intake_bytes(pdf_pages_after(lab_report_pdf(1), 1), "report.pdf")
     assert blank.deidentified and blank.deid_report["pages_without_text"] == []  # blank page
 
@@ -595,7 +597,7 @@ def test_intake_main_json(tmp_path):
 
 
 def test_bench_intake_reports_ratio(tmp_path, capsys):
-    from model.bench_intake import bench_intake
+    from app.bench.intake import bench_intake
 
     photo = tmp_path / "photo.jpg"
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), np.uint8))

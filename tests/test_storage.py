@@ -133,14 +133,6 @@ def count(db: Database, model) -> int:
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = Database.sqlite(tmp_path / "pulsemind.db")
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def people(db: Database):
     """Two clinicians and an admin."""
     return {

@@ -24,7 +24,7 @@ Steps, and why:
    Capture), and OCR would cost ~0.3 CPU s per 512x512 slice for nothing. Measured on 2
    cores, warm engine: a 1024x768 ultrasound frame with a banner and labels 0.6-1.0 CPU s
    (0.36 s wall when the machine was less loaded), pydicom's 640x480 and 800x350 US samples
-   0.27-0.44 s wall, its 4-of-30-frame 320x240 cine 3.6-4.5 s for the whole intake under
+   0.27-0.44 s wall, its 4-of-30-frame 320x240 cine 3.6-6.3 s for the whole intake under
    load (small frames are enlarged for detection; see `model.intake.ocr`).
 
 Run it on files: `pulsemind intake scan.dcm` (see `model.intake.cli`).

@@ -28,7 +28,7 @@ phone photo of a printed page 0.7-0.9 (1.3-2.3); a scanned A4 page at the budget
 ~0.75 (1.1-1.3); a 512x512 CT slice 0.3 (0.4-0.55); a 1156x867 photo without text 0.5
 (0.7-0.8). Small images cost more than their size says: the detector enlarges the shorter
 side to 736 px (a 320x240 cine frame is detected at 981x736). Whole uploads (loaded machine):
-a 4-frame US cine 3.6-4.5 s, an 8-page scanned PDF 6.9-8.4 s.
+a 4-frame US cine 3.6-6.3 s, an 8-page scanned PDF 6.9-12.8 s.
 `tests/test_ocr_mask.py::test_ocr_cost` re-measures.
 The first call in a process loads the models and warms ONNX Runtime (~2 s), and the
 recognizer loads its word lists and presidio (`model.intake.phi`, 4-12 s): `warm_up()` and
@@ -64,8 +64,8 @@ from .types import IntakeImage
 #: and time per image (detection cost grows with the pixel count).
 OCR_MAX_SIDE = 2000
 #: OCR time one upload may spend (all its images: up to 8 PDF pages or 4 DICOM frames; waiting
-#: for another upload's OCR not counted). An 8-page scan took 7-8.5 s on 2 loaded cores, so a
-#: normal upload stays far below; past the cap the upload is refused rather than passed on
+#: for another upload's OCR not counted). An 8-page scan took 7-13 s on 2 loaded cores, so
+#: a normal upload stays far below; past the cap the upload is refused rather than passed on
 #: partly unchecked (the cap is checked between images: one image more may run past it).
 OCR_MAX_SECONDS_PER_UPLOAD = 60.0
 #: Recognition confidence below which a line is masked even if it reads like a technical
@@ -216,7 +216,7 @@ class MaskSummary:
     lines_masked: int = 0
     lines_kept: int = 0
     shapes_ignored: int = 0
-    masked_kinds: Counter = field(default_factory=Counter)
+    masked_kinds: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def report(self) -> dict[str, Any]:
@@ -323,7 +323,7 @@ def engine_name() -> str:
 
 
 def warm_up() -> None:
-    """Load the models and run them once (~1.6 s), e.g. when the app starts."""
+    """Load the models and run them once (~2 s on 2 cores), e.g. when the app starts."""
     read_lines(Image.new("L", (64, 32), 255))
 
 

@@ -17,7 +17,7 @@ painted black on the page images. A rendered page without a text layer that show
 scan or a photo) is read by OCR instead, and every printed line on it that is not a technical
 label is painted black (`model.intake.ocr`), after PDFium's lock is released. Measured on 2
 cores (loaded), warm engine: a scanned A4 page rendered at the model budget (842x1191) ~0.75
-CPU s (1.1-1.3 s wall); an 8-page scan 6.9-8.4 s for the whole intake.
+CPU s (1.1-1.3 s wall); an 8-page scan 6.9-12.8 s for the whole intake.
 """
 
 from __future__ import annotations

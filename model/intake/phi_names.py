@@ -37,6 +37,7 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .phi_rules import Hit
 
@@ -116,17 +117,19 @@ _NAME_GAP = re.compile(r"[ \t]{1,3}|,[ \t]{1,2}|\.[ \t]{0,2}")
 
 # --- Chinese -------------------------------------------------------------------------------
 
-#: Single-character surnames: the common ones, then the rest of the Hundred Family Surnames
-#: (百家姓). jieba's name tag has to agree, so a surname
-#: that is also a word (水, 花, 平) is no name on its own.
-SURNAMES = frozenset(
+#: Single-character surnames: the common ones, which count in any word jieba does not know,
+#: and the rest of the Hundred Family Surnames (百家姓), many of them ordinary characters (双,
+#: 水, 国), which count in such a word only as surname + two characters that are not a word of
+#: their own (缑丽娟 yes, 双下肢 and 双肺 no).
+COMMON_SURNAMES = frozenset(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁"
     "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付傅方白邹孟熊秦邱江尹薛闫阎段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃"
     "武戴莫孔向汤常温康施文牛樊葛邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮"
     "柯纪梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉"
     "缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师和仇栾隋商刁沙荣巫寇桑"
     "郎甄丛仲虞敖巩明佘池麻苑迟邝洪鞠丰廉宿"
-    # the rest of 百家姓
+)
+SURNAMES = COMMON_SURNAMES | frozenset(
     "褚水云凤花酆湛禹狄贝计伏谈茅强危支昝经裘干宣贲郁杭诸钮嵇滑荀羊於惠家封芮羿储汲邴糜松井富乌巴弓"
     "牧隗山宓蓬郗班仰秋伊暴钭厉戎祖幸韶郜蓟薄印怀邰从鄂索咸籍赖蔺屠阴鬱胥能苍双闻莘贡劳逄扶堵宰郦雍"
     "卻璩寿通扈燕冀郏浦别充慕茹习宦鱼容慎戈庾终暨居衡步都满弘匡国广禄阙东殳沃利蔚越夔隆厍晁勾融訾阚"
@@ -143,6 +146,9 @@ ZH_TITLES = (
 _ZH_SURNAME = "(?:" + "|".join(sorted(COMPOUND_SURNAMES)) + "|[" + "".join(sorted(SURNAMES)) + "])"
 #: Surname (+ up to two given-name characters) + title: 王医生, 李主任, 张建国医生, 欧阳娜娜教授.
 _ZH_TITLED = re.compile(rf"{_ZH_SURNAME}(?:(?!{ZH_TITLES})[\u4e00-\u9fff]){{0,2}}(?:{ZH_TITLES})")
+#: Longest run of Chinese characters handed to jieba at once (see `_pieces`).
+MAX_JIEBA_RUN = 120
+_LONG_CJK_RUN = re.compile(rf"[\u4e00-\u9fff]{{{MAX_JIEBA_RUN + 1},}}")
 #: jieba calls these names; they are clinical words.
 _ZH_NOT_NAMES = frozenset(
     "帕金森 帕金森病 阿尔茨海默 阿尔茨海默病 查体 神清 谷丙 谷草 史 时有 于今 常规 成人 明显 和缓 "
@@ -154,12 +160,17 @@ _ZH_NOT_NAMES = frozenset(
 
 #: jieba tags a given name may carry once cut off from its surname (not verbs, particles,
 #: numbers: 段/抬高 in "ST段抬高" is no name).
-_GIVEN_NAME_TAGS = ("nr", "nz", "ns", "n", "a", "ag", "ng", "j", "b", "g", "z", "s", "tg")
+_GIVEN_NAME_TAGS = ("nr", "nz", "ns", "n", "a", "ag", "ng", "j", "b", "g", "z", "s", "tg", "un")
+
+
+def _named(flag: str) -> bool:
+    """A person's name in jieba's dictionary, or a word it does not know."""
+    return flag.startswith("nr") or flag == UNKNOWN
 
 
 #: A two-character word before a given name must be tagged as (part of) a proper name to be
 #: a surname plus one character (徐海/燕); 家属/陈 is "relative Chen", not a name 家属陈.
-_NAME_PART_TAGS = ("nr", "ns", "nz")
+_NAME_PART_TAGS = ("nr", "ns", "nz", "un")
 #: A one-character word with these tags right before a surname is part of another word
 #: (氨/溴/索/口服: 氨溴索, a drug), not the context of a name (由/王, 和/李 are fine).
 _GLUED_TAGS = ("n", "ng", "nr", "nz", "a", "ag", "b", "j", "yg")
@@ -197,19 +208,41 @@ def lexicon() -> _Lexicon:
         return _lexicon_unlocked()
 
 
+@dataclass(frozen=True)
+class _Segmenter:
+    """jieba's tokenizer (its 4-state HMM finds words missing from the dictionary, names
+    mostly) and the part-of-speech tags of its dictionary words."""
+
+    tokenizer: Any
+    tags: dict[str, str]
+
+    def tag(self, text: str) -> Iterator[tuple[str, str]]:
+        """(word, tag) pairs covering `text`; a Chinese word missing from the dictionary is
+        tagged UNKNOWN. (jieba.posseg tags unknown words with a second HMM of ~256 states:
+        97 s for 50k characters of text it cannot segment, e.g. a PDF whose font maps glyphs to
+        random ideographs; this takes ~0.7 s.)"""
+        for word in self.tokenizer.cut(text, HMM=True):
+            tag = self.tags.get(word)
+            yield word, tag if tag else (UNKNOWN if _all_cjk(word) else "x")
+
+
+#: The tag of a Chinese word jieba's dictionary does not have (a new name, most often).
+UNKNOWN = "un"
+
+
 @functools.cache
-def _jieba_unlocked():
+def _jieba_unlocked() -> _Segmenter:
     import jieba
     import jieba.posseg
 
     jieba.setLogLevel(logging.WARNING)  # it prints its cache path at INFO on first use
-    tokenizer = jieba.posseg.POSTokenizer(jieba.Tokenizer())
-    tokenizer.tokenizer.initialize()
-    return tokenizer
+    tokenizer = jieba.Tokenizer()
+    tokenizer.initialize()
+    return _Segmenter(tokenizer, jieba.posseg.POSTokenizer(tokenizer).word_tag_tab)
 
 
-def jieba_tagger():
-    """A private jieba part-of-speech tagger with its dictionary loaded (thread-safe)."""
+def jieba_tagger() -> _Segmenter:
+    """A private jieba tokenizer with its dictionary loaded (thread-safe)."""
     with _LOAD_LOCK:
         return _jieba_unlocked()
 
@@ -339,13 +372,18 @@ def spaced_runs(text: str) -> Iterator[tuple[int, int, str]]:
 
 def chinese_names(text: str) -> Iterator[Hit]:
     """Chinese person names: jieba `nr` words that start with a surname, and titled surnames."""
-    tagged, at = [], 0
-    for pair in jieba_tagger().cut(text):
-        tagged.append((at, at + len(pair.word), pair.word, pair.flag))
-        at += len(pair.word)
-    word_starts = {s for s, _, _, _ in tagged}
+    tagged = []
+    segmenter = jieba_tagger()
+    for offset, piece in _pieces(text):
+        at = offset
+        for word, flag in segmenter.tag(piece):
+            tagged.append((at, at + len(word), word, flag))
+            at += len(word)
+    inside_words = {  # not 任护士 inside the dictionary word 责任护士
+        i for s, e, _, flag in tagged if flag != UNKNOWN for i in range(s + 1, e)
+    }
     for m in _ZH_TITLED.finditer(text):
-        if m.start() in word_starts:  # not 任护士 inside 责任护士
+        if m.start() not in inside_words:
             yield Hit(m.start(), m.end(), "person", is_name=True)
     k = 0
     while k < len(tagged):
@@ -363,8 +401,8 @@ def chinese_names(text: str) -> Iterator[Hit]:
                 len(nxt) <= 2
                 and not _zh_eponym(text, e2)
                 and _all_cjk(nxt)
-                and (flag.startswith("nr") or flag2.startswith("nr"))
-                and (word in SURNAMES or word in COMPOUND_SURNAMES or flag2.startswith("nr"))
+                and (_named(flag) or _named(flag2))
+                and (word in SURNAMES or word in COMPOUND_SURNAMES or _named(flag2))
                 and (
                     len(word) == 1 or word in COMPOUND_SURNAMES or flag.startswith(_NAME_PART_TAGS)
                 )
@@ -376,13 +414,26 @@ def chinese_names(text: str) -> Iterator[Hit]:
                 k += 2
                 continue
         if (
-            flag.startswith("nr")
+            _named(flag)
             and 2 <= len(word) <= 4
+            and (flag != UNKNOWN or _plausible_new_name(word, segmenter))
             and not (flag == "nrt" and len(word) > 3)
             and word not in COMPOUND_SURNAMES
         ):
             yield Hit(s, e, "person", is_name=True)
         k += 1
+
+
+def _pieces(text: str) -> Iterator[tuple[int, str]]:
+    """`text` in pieces for jieba, each run of Chinese characters at most MAX_JIEBA_RUN long:
+    its tagger's Viterbi pass is superlinear in the length of a run without punctuation (50k
+    random characters took 97 s); real sentences are far shorter."""
+    cut = 0
+    for m in _LONG_CJK_RUN.finditer(text):
+        for at in range(m.start() + MAX_JIEBA_RUN, m.end(), MAX_JIEBA_RUN):
+            yield cut, text[cut:at]
+            cut = at
+    yield cut, text[cut:]
 
 
 def chinese_given_name(name: str) -> str | None:
@@ -401,6 +452,14 @@ def chinese_surname(name: str) -> str | None:
     if name[:2] in COMPOUND_SURNAMES:
         return name[:2]
     return name[:1] if name[:1] in SURNAMES else None
+
+
+def _plausible_new_name(word: str, segmenter: _Segmenter) -> bool:
+    """A word jieba does not know, starting with a surname, read as a name (see SURNAMES)."""
+    if word[:1] in COMMON_SURNAMES or word[:2] in COMPOUND_SURNAMES:
+        return True
+    given = word[1:]
+    return len(given) == 2 and segmenter.tags.get(given, "nr").startswith("nr")
 
 
 def _starts_with_surname(word: str) -> bool:

@@ -262,7 +262,7 @@ _INSTITUTION_WORD = (
 )
 INSTITUTION = re.compile(
     rf"(?:\b(?:St\.?|Saint|Our[ \t]+Lady[ \t]+of|Royal|[A-Z][A-Za-z'’.-]+)(?:[ \t]+(?:of|the|and|&|de|"
-    rf"[A-Z][A-Za-z'’.-]*))*?[ \t]+{_INSTITUTION_WORD}\b(?:[ \t]+(?:of|for)[ \t]+(?:the[ \t]+)?"
+    rf"[A-Z][A-Za-z'’.-]*)){{0,6}}?[ \t]+{_INSTITUTION_WORD}\b(?:[ \t]+(?:of|for)[ \t]+(?:the[ \t]+)?"
     rf"[A-Z][A-Za-z'’-]+(?:[ \t]+[A-Z][A-Za-z'’-]+)*)?)"
     rf"|\b(?:[A-Z][A-Z'’.&-]+[ \t]+){{1,5}}(?:HOSPITALS?|INFIRMARY|CLINIC|LABORATORY|LABORATORIES|"
     rf"MEDICAL\s+CENT(?:ER|RE)|HEALTH\s+CENT(?:ER|RE)|PHARMACY|SURGERY)\b"

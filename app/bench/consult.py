@@ -55,7 +55,7 @@ from pathlib import Path
 from loguru import logger
 from tqdm import tqdm
 
-from app.bench_stats import APP_PATHS, NoRates, Sample, batch_stats, format_report, summarize
+from app.bench.stats import APP_PATHS, NoRates, Sample, batch_stats, format_report, summarize
 from app.config import DEFAULT_STREAM_INTERVAL
 from model.chat import SamplingParams
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.bench_consult import BenchConsultConfig
+    from app.bench.consult import BenchConsultConfig
 
 #: Load average per CPU, before the run starts anything, above which other work skews timings.
 BUSY_LOAD_PER_CPU = 0.5

@@ -1,6 +1,6 @@
 """`pulsemind bench deid`: how well the identifier recognizer does on the synthetic corpus.
 
-    python -c "from model.bench_deid import bench_deid_main; bench_deid_main()"
+    python -c "from app.bench.deid import bench_deid_main; bench_deid_main()"
 
 Builds `model.intake.deid_corpus`, runs `model.intake.phi.find_identifiers` on every document
 and prints, overall and per language (en, zh, mixed):
