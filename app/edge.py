@@ -20,7 +20,7 @@ import gradio as gr
 from loguru import logger
 
 from model.errors import IntakeError, PulseMindError
-from storage import NotFound, StorageError
+from storage import NotFound
 
 #: SQL integers are 64-bit signed; a larger id cannot name a row.
 MAX_ID = 2**63 - 1
@@ -44,7 +44,7 @@ def user_message(exc: BaseException) -> str:
     """What the person sees for `exc`; logs what they do not see."""
     if isinstance(exc, Denied | IntakeError):
         return str(exc)
-    if isinstance(exc, PulseMindError | StorageError):
+    if isinstance(exc, PulseMindError):  # model, intake and storage errors alike
         logger.info("{}: {}", type(exc).__name__, exc.detail)
         return exc.user_message
     ref = secrets.token_hex(4)

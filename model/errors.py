@@ -8,11 +8,15 @@ from __future__ import annotations
 
 
 class PulseMindError(Exception):
-    """Base of every error this project turns into a user-facing message."""
+    """Root of the project's one error hierarchy (model, intake and storage errors alike):
+    `user_message` is shown to people, `detail` goes to the log. A specific message
+    (`user_message=`) overrides the class-wide one for one error."""
 
     user_message: str = "Something went wrong."
 
-    def __init__(self, detail: str | None = None):
+    def __init__(self, detail: str | None = None, *, user_message: str | None = None):
+        if user_message is not None:
+            self.user_message = user_message
         super().__init__(detail or self.user_message)
         self.detail = detail or self.user_message
 

@@ -3,8 +3,9 @@
 Everything the app and training keep lives here: users, consultations and their messages,
 attachments (stored once per sha256, de-identified derivatives only), model variants and
 the audit trail. SQLite by default (one file, WAL), any SQLAlchemy URL otherwise
-(PostgreSQL through psycopg 3). Importing does no work; nothing here imports `model`,
-`app` or `training`.
+(PostgreSQL through psycopg 3). Importing does no work; nothing here imports `app` or
+`training`, and of `model` only the dependency-free root of the error hierarchy
+(`model.errors`).
 
     from storage import Database, default_database_url, create_user, authenticate
     db = Database(default_database_url())

@@ -1,27 +1,22 @@
 """Typed errors of the storage layer.
 
 Each error carries a `user_message` a person at the UI can read (the app turns it into a
-visible message once, at its edge) and a `detail` for logs and tests. Neither ever holds
+visible message once, at its edge) and a `detail` for logs and tests; the root of the one
+hierarchy is `model.errors.PulseMindError` (dependency-free, so storage may import it). Neither ever holds
 patient text: repository functions put ids and field names in `detail`, never content.
 """
 
 from __future__ import annotations
 
+from model.errors import PulseMindError
 
-class StorageError(Exception):
-    """Base of every error the repository functions raise on purpose."""
+
+class StorageError(PulseMindError):
+    """Base of every error the repository functions raise on purpose (in the project's one
+    hierarchy, `model.errors.PulseMindError`: a specific `user_message=` such as "This
+    username is taken." overrides the class-wide one)."""
 
     user_message: str = "The database could not complete this request."
-
-    def __init__(self, detail: str | None = None, *, user_message: str | None = None):
-        # A specific message ("This username is taken.") overrides the class-wide one.
-        if user_message is not None:
-            self.user_message = user_message
-        super().__init__(detail or self.user_message)
-        self.detail = detail or self.user_message
-
-    def __str__(self) -> str:
-        return self.detail
 
 
 class NotFound(StorageError):
