@@ -3,7 +3,8 @@
 Gradio's own login form calls `Auth.check_login`; every event handler is wrapped by
 `Auth.guard(roles...)`, which looks the caller up in the database on the server, refuses other
 roles (and records the refusal), and turns our typed errors into `gr.Error` with a message a
-clinician understands. Hiding a tab is cosmetic; this check is the rule.
+clinician understands, in the request's language. Hiding a tab is cosmetic; this check is the
+rule.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import HTTPException
 from loguru import logger
 
 from app.edge import Denied, to_user_errors, user_message
+from app.language import request_language, speaking, speaking_each
 from app.login_throttle import login_attempt
 from storage import (
     Database,
@@ -85,7 +87,10 @@ class Auth:
         return user
 
     def guard(self, *roles: UserRole) -> Callable:
-        """Decorate a handler `fn(user, *inputs)`; the wrapper takes Gradio's `request`."""
+        """Decorate a handler `fn(user, *inputs)`; the wrapper takes Gradio's `request`.
+
+        The handler runs in the request's language (`app.language`): `app.i18n.t` and the
+        errors it raises speak it."""
 
         def deco(fn: Callable) -> Callable:
             action = fn.__name__
@@ -115,9 +120,11 @@ class Auth:
                 @functools.wraps(fn)
                 def gen_wrapper(*args, **kwargs):
                     inputs, request = split(args, kwargs)
-                    with to_user_errors():
-                        user = self.require(request, roles, action)
-                        yield from fn(user, *inputs)
+                    language = request_language(request)
+                    with to_user_errors(language):
+                        with speaking(language):
+                            user = self.require(request, roles, action)
+                        yield from speaking_each(language, fn(user, *inputs))
 
                 wrapper = gen_wrapper
             else:
@@ -125,7 +132,8 @@ class Auth:
                 @functools.wraps(fn)
                 def wrapper(*args, **kwargs):
                     inputs, request = split(args, kwargs)
-                    with to_user_errors():
+                    language = request_language(request)
+                    with to_user_errors(language), speaking(language):
                         user = self.require(request, roles, action)
                         return fn(user, *inputs)
 

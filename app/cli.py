@@ -9,6 +9,10 @@
     pulsemind bench deid                                            # identifier recall/precision
     pulsemind db upgrade                                            # apply migrations
     pulsemind user add NAME --role ROLE                             # create a user (asks password)
+    pulsemind variant add NAME --endpoint URL --model SERVED [--adapter DIR] [--parent NAME]
+                          [--temperature T --top-p P --max-tokens N --seed S]
+    pulsemind variant list | activate NAME | deactivate NAME        # model variants in Compare
+    pulsemind cases load FILE [--name SET] [--format jsonl|cmtmedqa] # import a case set
 
 Each subcommand imports what it needs when it runs, so `pulsemind --help` is instant.
 """
@@ -134,6 +138,62 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(command: str, exc: Exception) -> SystemExit:
+    """The error's message for people (`user_message`), as the command's exit message."""
+    return SystemExit(f"pulsemind {command}: {getattr(exc, 'user_message', None) or exc}")
+
+
+def _cmd_variant(args: argparse.Namespace) -> int:
+    from app.variants import VariantSpec, add_variant, set_active
+    from model.errors import PulseMindError
+    from storage import StorageError, list_variants
+
+    db = _database(args)
+    try:
+        if args.action == "list":
+            names = {v.id: v.name for v in list_variants(db)}
+            for v in list_variants(db):
+                parent = f" parent={names.get(v.parent_id)}" if v.parent_id else ""
+                adapter = f" adapter={v.adapter_path}" if v.adapter_path else ""
+                print(f"{v.name}\t{'active' if v.active else 'inactive'}\t{v.endpoint} "
+                      f"model={v.served_model_name}{adapter}{parent} "
+                      f"sampling={v.sampling_defaults or {}}")  # fmt: skip
+            return 0
+        if args.action == "add":
+            sampling = {k: getattr(args, k) for k in ("temperature", "top_p", "max_tokens", "seed")
+                        if getattr(args, k) is not None}  # fmt: skip
+            v = add_variant(db, VariantSpec(args.name, args.endpoint, args.model, args.adapter,
+                                            args.parent, sampling, args.notes))  # fmt: skip
+            print(f"added variant {v.name!r} (id {v.id})"
+                  + (f", adapter loaded as {v.served_model_name!r}" if v.adapter_path else ""))
+            return 0
+        v = set_active(db, args.name, args.action == "activate")
+        print(f"variant {v.name!r} is {'active' if v.active else 'inactive'}")
+        return 0
+    except (StorageError, PulseMindError) as exc:
+        raise _fail(f"variant {args.action}", exc) from exc
+
+
+def _cmd_cases(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from app.cases import case_summary, read_case_file
+    from model.errors import PulseMindError
+    from storage import StorageError, import_case_set
+
+    try:
+        fmt = {"jsonl": "pulsemind_jsonl", "cmtmedqa": "cmtmedqa"}.get(args.format)
+        case_format, cases, sha256 = read_case_file(args.file, format=fmt, progress=True)
+        record = import_case_set(_database(args), args.name or Path(args.file).stem, case_format,
+                                 sha256, cases)  # fmt: skip
+    except (StorageError, PulseMindError) as exc:
+        raise _fail("cases load", exc) from exc
+    counts = case_summary(cases)
+    print(f"loaded case set {record.name!r} (id {record.id}, {case_format.value}): "
+          f"{counts['cases']} cases, {counts['turns']} turns, {counts['files']} files")
+    return 0
+
+
 def _version() -> str:
     """The version and the checkout this command runs from (each checkout runs its own code)."""
     import tomllib
@@ -196,6 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter of vLLM's environment (default: $PULSEMIND_VLLM_PYTHON)",
     )
     s.set_defaults(func=_cmd_serve)
+
+    v = sub.add_parser("variant", help="model variants: add, list, activate, deactivate")
+    vs = v.add_subparsers(dest="action", required=True)
+    va = vs.add_parser("add", help="register a variant (an adapter is loaded into its server)")
+    va.add_argument("name")
+    va.add_argument("--endpoint", required=True, help="http://host:8000/v1, or 'embedded'")
+    va.add_argument("--model", required=True, help="served model name (an adapter's LoRA name)")
+    va.add_argument("--adapter", default=None, help="LoRA adapter directory, loaded at runtime")
+    va.add_argument("--parent", default=None, help="the variant this one derives from")
+    va.add_argument("--temperature", type=float, default=None)
+    va.add_argument("--top-p", type=float, default=None)
+    va.add_argument("--max-tokens", type=int, default=None)
+    va.add_argument("--seed", type=int, default=None)
+    va.add_argument("--notes", default=None)
+    vs.add_parser("list", help="every variant")
+    for action in ("activate", "deactivate"):
+        vs.add_parser(action, help=f"{action} a variant").add_argument("name")
+    for parser in vs.choices.values():
+        parser.add_argument("--database-url", default=None)
+    v.set_defaults(func=_cmd_variant)
+
+    c = sub.add_parser("cases", help="import case sets (PulseMind JSONL or CMtMedQA JSON)")
+    cs = c.add_subparsers(dest="action", required=True)
+    cl = cs.add_parser("load", help="load a case file, whole or nothing")
+    cl.add_argument("file")
+    cl.add_argument("--name", default=None, help="case set name (default: the file's stem)")
+    cl.add_argument("--format", choices=["jsonl", "cmtmedqa"], default=None,
+                    help="default: told from the content")  # fmt: skip
+    cl.add_argument("--database-url", default=None)
+    c.set_defaults(func=_cmd_cases)
 
     d = sub.add_parser("demo-model", help="build the tiny demo model")
     d.add_argument("dir", nargs="?", default=None)

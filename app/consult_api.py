@@ -27,6 +27,7 @@ import gradio as gr
 
 from app.auth import CLINICAL, Auth
 from app.edge import optional_id
+from app.language import current_language
 from app.workflow import Answer, Consultations
 from storage import InvalidInput, UserRecord
 
@@ -59,7 +60,8 @@ def build_consult_api(auth: Auth, flow: Consultations, concurrency: int) -> None
             raise InvalidInput("malformed message", user_message=MALFORMED)
         cid = optional_id(consultation_id, "consultation")
         # flow.ask takes only the caller's own uploads (storage.access.Uploads)
-        yield from stream_answer(flow, user, flow.ask(user, cid, text, files, variant))
+        answer = flow.ask(user, cid, text, files, variant, language=current_language())
+        yield from stream_answer(flow, user, answer)
 
     gr.api(consult, api_name="consult", concurrency_limit=concurrency)
 

@@ -3,6 +3,11 @@
 Handlers are thin: they call `app.workflow.Consultations` and render its records. Every one is
 wrapped by `Auth.guard` (clinician or admin) and exposed under an `api_name`, so the same
 checks hold for the browser and for HTTP clients.
+
+A consultation is created by its first message ("New consultation" only clears the chat).
+The list, deleting, rating answers and answer versions are plain-value endpoints for programs
+(`gr.api`: /list_consultations, /delete_consultation, /feedback, /versions, /choose_version);
+the page reaches the same methods through small private events that render their results.
 """
 
 from __future__ import annotations
@@ -12,38 +17,43 @@ from contextlib import closing
 
 import gradio as gr
 
+import storage
 from app.auth import CLINICAL, Auth
 from app.config import AppConfig
 from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id, parse_index
+from app.i18n import SERVER, error_text, i18n, t, translate
+from app.language import current_language
 from app.workflow import Answer, Consultations
 from storage import (
+    AnswerVersions,
+    ConsultationRecord,
     Database,
     InvalidInput,
     MessageRecord,
     MessageRole,
+    Thumbs,
     UserRecord,
-    create_consultation,
     list_active_variants,
     list_consultations,
+    record_audit,
     rename_consultation,
 )
 
 ACCEPTED = [".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".dcm", ".pdf"]
-DEMO_BANNER = (
-    "⚠️ **Demo model** — this app is running on the small built-in demo model: its answers are "
-    "random text, not medical advice. Start it with `--model-url` to use a real model."
-)
-#: Shown under an answer that did not finish; the stored text stays as it was.
+#: Shown under an answer that did not finish (`app.i18n` keys); the stored text stays as it was.
 FAILED_NOTES = {
-    "cut_off": "⚠️ *The answer was cut off: {error} Press **Retry** to ask again.*",
-    "error": "⚠️ *{error} Press **Retry** to ask again.*",
-    "cancelled": "*(stopped)*",
+    "cut_off": "consult.note.cut_off",
+    "error": "consult.note.error",
+    "cancelled": "consult.note.cancelled",
 }
 
-OPEN_FIRST = "Open a consultation first."
+OPEN_FIRST = SERVER["consult.open_first"]["en"]  # translated at the edge (app.i18n)
 #: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
 THUMBNAILS_PER_ATTACHMENT = 4
+#: Characters of an answer shown in the answer picker: enough to tell answers apart.
+ANSWER_PREVIEW_CHARS = 48
+PICK_ANSWER = "Pick an answer first. / 请先选择一条回答。"
 
 
 def _image_md(att) -> str:
@@ -67,7 +77,8 @@ def render(records: list[MessageRecord]) -> list[dict]:
             text = m.text
             note = FAILED_NOTES.get(m.finish_reason.value if m.finish_reason else "", "")
             if note:
-                text = f"{text}\n\n{note.format(error=m.error or '')}".strip()
+                error = (translate(m.error) or m.error) if m.error else ""
+                text = f"{text}\n\n{t(note, error=error)}".strip()
             out.append({"role": "assistant", "content": text})
     return out
 
@@ -82,13 +93,55 @@ def chat_text(message: dict) -> str:
     return ""
 
 
-def _choices(db: Database, user: UserRecord) -> list[tuple[str, int]]:
-    return [(f"{c.title} · #{c.id}", c.id) for c in list_consultations(db, user.id)]
+def _label(c: ConsultationRecord) -> str:
+    """A consultation as the list shows it: title, id, day of its last activity (UTC)."""
+    return f"{c.title} · #{c.id} · {c.updated_at:%Y-%m-%d}"
+
+
+def _choices(db: Database, user: UserRecord, search: str | None = None) -> list[tuple[str, int]]:
+    return [(_label(c), c.id) for c in list_consultations(db, user.id, search)]
+
+
+def _row(c: ConsultationRecord) -> dict:
+    return {"id": c.id, "title": c.title, "created_at": c.created_at.isoformat(),
+            "updated_at": c.updated_at.isoformat(), "label": _label(c)}  # fmt: skip
+
+
+def _versions_out(v: AnswerVersions) -> dict:
+    """An answer's versions as programs get them (the chat shows the current one)."""
+    versions = [
+        {"message_id": m.id, "number": n, "current": m.id == v.current_id, "text": m.text,
+         "finish_reason": m.finish_reason.value if m.finish_reason else None,
+         "created_at": m.created_at.isoformat()}
+        for n, m in enumerate(v.versions, 1)
+    ]  # fmt: skip
+    return {"consultation_id": v.consultation_id, "current_id": v.current_id,
+            "current": v.current_number, "count": len(versions), "versions": versions}  # fmt: skip
+
+
+def _preview(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= ANSWER_PREVIEW_CHARS else line[: ANSWER_PREVIEW_CHARS - 1] + "…"
+
+
+def _answer_picker(records: list[MessageRecord], picked: int | None = None) -> dict:
+    """The answer picker over the chat's answers; `picked`, else the last, is picked."""
+    answers = [m for m in records if m.role is MessageRole.ASSISTANT]
+    choices = [(f"{n}. {_preview(m.text)}", m.id) for n, m in enumerate(answers, 1)]
+    if picked is None and answers:
+        picked = answers[-1].id
+    return gr.update(choices=choices, value=picked)
+
+
+def _thumbs_buttons(thumbs: Thumbs | None) -> tuple[dict, dict]:
+    """The 👍 / 👎 buttons showing the caller's rating (the chosen one stands out)."""
+    up, down = (gr.update(variant="primary" if thumbs is t else "secondary") for t in Thumbs)
+    return up, down
 
 
 def _attachment_choices(records: list[MessageRecord]) -> list[tuple[str, str]]:
     return [
-        (f"{a.original_name} (message {m.seq})", f"{m.id}:{a.position}")
+        (t("consult.attachment_choice", name=a.original_name, seq=m.seq), f"{m.id}:{a.position}")
         for m in records
         for a in m.attachments
         if a.text
@@ -110,7 +163,7 @@ class ConsultHandlers:
         return (
             gr.update(choices=_choices(self.db, user), value=current),
             gr.update(choices=names, value=names[0] if names else None),
-            gr.update(value=DEMO_BANNER, visible=demo),
+            gr.update(value=demo_banner(), visible=demo),
         )
 
     def open_consultation(self, user: UserRecord, cid: int | None):
@@ -127,8 +180,8 @@ class ConsultHandlers:
         )
 
     def new_consultation(self, user: UserRecord):
-        c = create_consultation(self.db, user.id, None)
-        return gr.update(choices=_choices(self.db, user), value=c.id), [], c.title
+        """Clear the chat and the selection; the next message starts the consultation."""
+        return gr.update(value=None), [], ""
 
     def rename(self, user: UserRecord, cid: int | None, new_title: str):
         cid = optional_id(cid, "consultation")
@@ -165,7 +218,7 @@ class ConsultHandlers:
         out = answer.outcome
         if answer.recorded is None and out is not None and out.error is not None:
             # nothing was stored (no text came): show the failure where the answer would be
-            note = FAILED_NOTES["error"].format(error=out.error.user_message)
+            note = t(FAILED_NOTES["error"], error=error_text(out.error, out.error.user_message))
             final.append({"role": "assistant", "content": note})
         yield final
 
@@ -189,7 +242,7 @@ class ConsultHandlers:
         cid = optional_id(cid, "consultation")
         if cid is None:
             raise InvalidInput("no consultation", user_message=OPEN_FIRST)
-        ans = self.flow.answer(user, cid, variant_name)
+        ans = self.flow.answer(user, cid, variant_name, language=current_language())
         for chat_value in self._stream(user, ans):
             yield chat_value, _status(ans)
 
@@ -198,9 +251,94 @@ class ConsultHandlers:
         if cid is None:
             raise InvalidInput("no consultation", user_message=OPEN_FIRST)
         # regenerate: replaces the last answer if there is one, else answers the last question
-        answer = self.flow.answer(user, cid, variant_name, regenerate=True)
+        answer = self.flow.answer(user, cid, variant_name, regenerate=True,
+                                  language=current_language())  # the system prompt's
         for chat_value in self._stream(user, answer):
             yield chat_value, _status(answer)
+
+    # --- the list, deleting, rating, versions: plain values (programs call these) --------
+
+    def list_consultations(self, user: UserRecord, search: str | None = None) -> list[dict]:
+        """The caller's consultations, newest activity first, only those whose title contains
+        `search` (any case) if given: id, title, created_at and updated_at (ISO 8601, UTC),
+        and the label the page's list shows."""
+        return [_row(c) for c in storage.list_consultations(self.db, user.id, search)]
+
+    def delete_consultation(self, user: UserRecord, consultation_id: int) -> dict:
+        """Delete one of the caller's consultations: it leaves their list and cannot be opened
+        or changed again (it is kept for audit; administrators can still read it)."""
+        cid = parse_id(consultation_id, "consultation")
+        deleted = storage.delete_consultation(self.db, cid, user.id)
+        record_audit(self.db, "consultation.delete", user_id=user.id,
+                     target_type="consultation", target_id=cid)  # fmt: skip
+        return {"consultation_id": cid, "deleted_at": deleted.deleted_at.isoformat()}
+
+    def feedback(
+        self, user: UserRecord, message_id: int, thumbs: str, comment: str | None = None
+    ) -> dict:
+        """Rate an answer in one of the caller's consultations: thumbs "up" or "down" and an
+        optional comment. Rating the same answer again changes the rating."""
+        mine = storage.set_feedback(self.db, parse_id(message_id, "answer"), user.id, thumbs,
+                                    comment)  # fmt: skip
+        return {"message_id": mine.message_id, "thumbs": mine.thumbs.value,
+                "comment": mine.comment, "updated_at": mine.updated_at.isoformat()}  # fmt: skip
+
+    def versions(self, user: UserRecord, consultation_id: int, message_id: int) -> dict:
+        """The versions of an answer (each Retry / regenerate adds one), oldest first, and
+        which one the consultation continues with."""
+        return _versions_out(storage.answer_versions(
+            self.db, parse_id(consultation_id, "consultation"), parse_id(message_id, "answer"),
+            user.id))  # fmt: skip
+
+    def choose_version(self, user: UserRecord, consultation_id: int, message_id: int) -> dict:
+        """Continue the consultation with this version of the answer (the turns that followed
+        it come back; those after the version it replaces are kept aside)."""
+        return _versions_out(storage.choose_version(
+            self.db, parse_id(consultation_id, "consultation"), parse_id(message_id, "answer"),
+            user.id))  # fmt: skip
+
+    # --- the same, rendered into the page ------------------------------------------------
+
+    def filter_list(self, user: UserRecord, search: str | None, current: int | None):
+        """The consultation list, narrowed to titles containing `search`."""
+        return gr.update(choices=_choices(self.db, user, search), value=current)
+
+    def remove(self, user: UserRecord, cid: int | None, search: str | None):
+        """The delete button: delete the open consultation and clear the chat."""
+        if optional_id(cid, "consultation") is None:
+            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+        self.delete_consultation(user, cid)
+        return gr.update(choices=_choices(self.db, user, search), value=None), [], ""
+
+    def answer_choices(self, user: UserRecord, cid: int | None):
+        """The answers in the chat, for the answer picker (the last one picked)."""
+        cid = optional_id(cid, "consultation")
+        return _answer_picker(self.flow.chat_history(user, cid) if cid is not None else [])
+
+    def show_answer(self, user: UserRecord, cid: int | None, message_id: int | None):
+        """The picked answer's versions (‹n/m›) and the caller's rating of it."""
+        cid, mid = optional_id(cid, "consultation"), optional_id(message_id, "answer")
+        if cid is None or mid is None:
+            return gr.update(choices=[], value=None), *_thumbs_buttons(None), ""
+        found = storage.answer_versions(self.db, cid, mid, user.id)
+        total = len(found.versions)
+        picker = gr.update(choices=[(f"{n}/{total}", m.id) for n, m in enumerate(found.versions, 1)],
+                           value=found.current_id)  # fmt: skip
+        mine = storage.get_feedback(self.db, mid, user.id)
+        return picker, *_thumbs_buttons(mine and mine.thumbs), (mine and mine.comment) or ""
+
+    def pick_version(self, user: UserRecord, cid: int | None, message_id: int | None):
+        """The version picker: continue with that version; the chat shows its branch."""
+        chosen = self.choose_version(user, cid, message_id)
+        records = self.flow.chat_history(user, chosen["consultation_id"])
+        return render(records), _answer_picker(records, chosen["current_id"])
+
+    def rate(self, user: UserRecord, message_id: int | None, thumbs: str, comment: str | None):
+        """The 👍 / 👎 buttons: rate the picked answer (with the comment box's text)."""
+        if optional_id(message_id, "answer") is None:
+            raise InvalidInput("no answer picked", user_message=PICK_ANSWER)
+        mine = self.feedback(user, message_id, thumbs, comment)
+        return _thumbs_buttons(Thumbs(mine["thumbs"]))
 
 
 def build_consult_tab(
@@ -214,39 +352,52 @@ def build_consult_tab(
         with gr.Column(scale=1, min_width=240):
             # allow_custom_value: choices are per user and set at load; the server checks
             # ownership of whatever id arrives (HTTP clients send ids directly).
-            consultation = gr.Dropdown(label="Consultations", choices=[], value=None,
+            search = gr.Textbox(label=i18n("consult.search"), max_lines=1)
+            consultation = gr.Dropdown(label=i18n("consult.consultations"), choices=[], value=None,
                                        interactive=True, allow_custom_value=True)  # fmt: skip
-            new_btn = gr.Button("New consultation", variant="secondary")
-            title = gr.Textbox(label="Title", max_lines=1)
-            rename_btn = gr.Button("Rename", size="sm")
-            variant = gr.Dropdown(label="Model", choices=[], interactive=True,
+            new_btn = gr.Button(i18n("consult.new"), variant="secondary")
+            delete_btn = gr.Button(i18n("consult.delete"), size="sm", variant="stop")
+            title = gr.Textbox(label=i18n("consult.title"), max_lines=1)
+            rename_btn = gr.Button(i18n("consult.rename"), size="sm")
+            variant = gr.Dropdown(label=i18n("consult.model"), choices=[], interactive=True,
                                   allow_custom_value=True)  # fmt: skip
-            with gr.Accordion("Report text", open=False):
-                report = gr.Dropdown(label="Attachment", choices=[], interactive=True,
+            with gr.Accordion(i18n("consult.report_text"), open=False):
+                report = gr.Dropdown(label=i18n("consult.attachment"), choices=[], interactive=True,
                                      allow_custom_value=True)  # fmt: skip
-                report_text = gr.Textbox(label="Extracted text", lines=12, interactive=False)
+                report_text = gr.Textbox(label=i18n("consult.extracted_text"), lines=12,
+                                         interactive=False)  # fmt: skip
         with gr.Column(scale=3):
-            chat = gr.Chatbot(label="Consultation", height=560, buttons=["copy"],
+            chat = gr.Chatbot(label=i18n("consult.chat"), height=560, buttons=["copy"],
                               feedback_options=None, elem_id="consult-chat")  # fmt: skip
             box = gr.MultimodalTextbox(
                 file_types=ACCEPTED, file_count="multiple", sources=["upload"],
-                placeholder="Describe the case; attach lab reports (PDF, photos), images, DICOM",
+                label=i18n("consult.message"), placeholder=i18n("consult.placeholder"),
                 show_label=False, elem_id="consult-input",
             )  # fmt: skip
             with gr.Row():
-                stop_btn = gr.Button("Stop", size="sm", scale=0, min_width=100)
-                retry_btn = gr.Button("Retry / regenerate", size="sm", scale=0, min_width=160)
+                stop_btn = gr.Button(i18n("consult.stop"), size="sm", scale=0, min_width=100)
+                retry_btn = gr.Button(i18n("consult.retry"), size="sm", scale=0, min_width=160)
             status = gr.Markdown(elem_id="consult-status")
+            # an answer of the chat: its versions (Retry adds one) and the clinician's rating
+            with gr.Row():
+                answer_pick = gr.Dropdown(label=i18n("consult.answer"), choices=[], interactive=True,
+                                          allow_custom_value=True, scale=3)  # fmt: skip
+                version_pick = gr.Dropdown(label=i18n("consult.version"), choices=[], interactive=True,
+                                           allow_custom_value=True, scale=1)  # fmt: skip
+                up_btn = gr.Button("👍", size="sm", scale=0, min_width=60)
+                down_btn = gr.Button("👎", size="sm", scale=0, min_width=60)
+            comment = gr.Textbox(label=i18n("consult.comment"), max_lines=4)
+            thumbs = [(up_btn, gr.State(Thumbs.UP.value)), (down_btn, gr.State(Thumbs.DOWN.value))]
 
     def wire(blocks: gr.Blocks) -> None:
         blocks.load(guard(h.refresh), [consultation], [consultation, variant, banner],
                     api_name="refresh")  # fmt: skip
         # .input, not .change: the handlers below set the value while an answer streams
-        consultation.input(guard(h.open_consultation), [consultation],
-                           [chat, title, report, status], api_name="open_consultation")  # fmt: skip
-        new_btn.click(
-            guard(h.new_consultation), None, [consultation, chat, title], api_name="new_consultation"
-        )
+        open_ev = consultation.input(guard(h.open_consultation), [consultation],
+                                     [chat, title, report, status],
+                                     api_name="open_consultation")  # fmt: skip
+        new_ev = new_btn.click(guard(h.new_consultation), None, [consultation, chat, title],
+                               api_name="new_consultation")  # fmt: skip
         rename_btn.click(guard(h.rename), [consultation, title], [consultation], api_name="rename")
         report.change(guard(h.show_report), [consultation, report], [report_text],
                       api_name="report_text")  # fmt: skip
@@ -262,6 +413,23 @@ def build_consult_tab(
                        api_visibility="private")  # fmt: skip
         stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev])
 
+        # for programs: plain values in and out, the same methods the page's events call
+        for fn in (h.list_consultations, h.delete_consultation, h.feedback, h.versions,
+                   h.choose_version):  # fmt: skip
+            gr.api(guard(fn), api_name=fn.__name__)
+        private = {"api_visibility": "private"}
+        search.change(guard(h.filter_list), [search, consultation], [consultation], **private)
+        delete_ev = delete_btn.click(guard(h.remove), [consultation, search],
+                                     [consultation, chat, title], **private)  # fmt: skip
+        for ev in (open_ev, new_ev, answer_ev, retry_ev, delete_ev):  # the picker follows the chat
+            ev.then(guard(h.answer_choices), [consultation], [answer_pick], **private)
+        answer_pick.change(guard(h.show_answer), [consultation, answer_pick],
+                           [version_pick, up_btn, down_btn, comment], **private)  # fmt: skip
+        version_pick.input(guard(h.pick_version), [consultation, version_pick],
+                           [chat, answer_pick], **private)  # fmt: skip
+        for btn, value in thumbs:
+            btn.click(guard(h.rate), [answer_pick, value, comment], [up_btn, down_btn], **private)
+
     return wire
 
 
@@ -269,4 +437,11 @@ def _status(answer: Answer) -> str:
     out = answer.outcome
     if out is None or out.ok or out.finish_reason == "cancelled":
         return ""
-    return f"⚠️ {out.error.user_message if out.error else 'The answer did not finish.'}"
+    error = error_text(out.error, out.error.user_message) if out.error else None
+    return t("consult.status.failed", error=error or t("consult.did_not_finish"))
+
+
+def demo_banner() -> str:
+    """The demo-model warning, for clinicians; the operator's hint beside it, smaller."""
+    hint = t("consult.demo_hint")
+    return f'{t("consult.demo_banner")} <small class="operator-hint">{hint}</small>'

@@ -4,9 +4,10 @@ Every error of ours carries a `user_message` (shown) and a `detail` (logged); re
 (`Denied`) and bad files (`IntakeError`) carry text written for the user in `detail` too,
 naming the file or the role. Anything else — a bug, a driver error — is logged with its
 traceback under a short reference, and the caller sees a plain sentence with that reference:
-never SQL, Python or a stack.
+never SQL, Python or a stack. The English `user_message` is the source; `to_user_errors` shows
+it in the request's language (`app.i18n.error_text`).
 
-    with to_user_errors():          # in every Gradio handler (Auth.guard does this)
+    with to_user_errors(language):  # in every Gradio handler (Auth.guard does this)
         ...
     cid = parse_id(value, "consultation")   # ids from requests: unknown = not found
 """
@@ -19,6 +20,8 @@ import secrets
 import gradio as gr
 from loguru import logger
 
+from app.i18n import SERVER, error_text, t
+from app.language import current_language
 from model.errors import IntakeError, PulseMindError
 from storage import NotFound
 
@@ -28,10 +31,7 @@ MAX_ID = 2**63 - 1
 #: Positions are pages or frames of one attachment: a few hundred at most.
 MAX_INDEX_DIGITS = 6
 
-GENERIC_MESSAGE = (
-    "Something went wrong on the server (reference {ref}). What you saved before is kept; "
-    "try again, and give the reference to your administrator if it happens again."
-)
+GENERIC_MESSAGE = SERVER["edge.generic"]["en"]
 
 
 class Denied(PulseMindError):
@@ -53,7 +53,11 @@ def user_message(exc: BaseException) -> str:
 
 
 class to_user_errors:
-    """Context manager: any error -> `gr.Error` with `user_message(exc)` (the UI's only edge)."""
+    """Context manager: any error -> `gr.Error` with `user_message(exc)` (the UI's only edge),
+    in `language` (default: the current request's, `app.language.speaking`)."""
+
+    def __init__(self, language: str | None = None):
+        self.language = language
 
     def __enter__(self):
         return self
@@ -61,16 +65,20 @@ class to_user_errors:
     def __exit__(self, typ, exc, tb):
         if exc is None or isinstance(exc, gr.Error | GeneratorExit):
             return False
+        language = self.language or current_language()
+        text = error_text(exc, user_message(exc), language)
         # gr.Error renders HTML: a file name like `<img onerror=...>.png` must stay text.
-        raise gr.Error(html.escape(user_message(exc)), print_exception=False) from exc
+        raise gr.Error(html.escape(text), title=t("edge.error_title", language),
+                       print_exception=False) from exc  # fmt: skip
 
 
 def parse_id(value: object, what: str) -> int:
     """A row id from a request (int or digits), else NotFound: a malformed id names nothing."""
     if isinstance(value, bool):
         value = None
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
-        value = int(value.strip())
+    if isinstance(value, str):
+        digits = value.strip()  # ASCII only: int() would also read "１２" (full-width) as 12
+        value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 19 else None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or not 0 < value <= MAX_ID:
@@ -81,7 +89,7 @@ def parse_id(value: object, what: str) -> int:
 def parse_index(value: object, what: str) -> int:
     """A position within a row (0, 1, ...: an attachment's page or frame), else NotFound."""
     text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if not text.isdigit() or len(text) > MAX_INDEX_DIGITS:
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INDEX_DIGITS:
         raise NotFound(f"malformed {what} position", user_message=f"This {what} does not exist.")
     return int(text)
 

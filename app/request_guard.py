@@ -10,7 +10,8 @@ looks at every request before Gradio does:
 
 - POST: only the routes the app uses pass (login, upload, queue/call/run/api, cancel, reset);
   the JSON body (bounded) is walked and any value with a `"path"` must be one of the caller's
-  own uploads (`storage.access.Uploads`), else 403 with a plain message and an audit event;
+  own uploads (`storage.access.Uploads`), else 403 with a plain message (in the request's
+  language, `app.language`) and an audit event;
 - GET `/file=...` and `/file/...`: only the file's uploader may read it; remote URLs and
   `/proxy=` are refused (the app loads no remote Gradio apps);
 - the answers of `/upload` are recorded as the caller's uploads.
@@ -31,6 +32,8 @@ from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.i18n import SERVER, translate
+from app.language import scope_language
 from storage import Uploads
 
 #: An event's JSON payload: a message (≤ 200k characters) and a few ids. Files travel through
@@ -44,8 +47,9 @@ _LOGIN = re.compile(r"^/login/?$")
 _UPLOAD = re.compile(r"^/gradio_api/upload/?$")
 _FILE = re.compile(r"^/gradio_api/file(?:=|/)(?P<target>.*)$")
 
-NOT_UPLOADED = "Attach files by uploading them here first."
-NOT_FOUND = "Not found."
+NOT_UPLOADED = SERVER["guard.not_uploaded"]["en"]
+NOT_FOUND = SERVER["guard.not_found"]["en"]
+TOO_LARGE = SERVER["guard.too_large"]["en"]
 
 
 class RequestGuard:
@@ -99,7 +103,7 @@ class RequestGuard:
             body.extend(message.get("body", b""))
             more = message.get("more_body", False)
             if len(body) > MAX_JSON_BODY_BYTES:
-                await _reply(scope, receive, send, 413, "This request is too large.")
+                await _reply(scope, receive, send, 413, TOO_LARGE)
                 return None
         try:
             payload = json.loads(bytes(body)) if body else None
@@ -158,4 +162,6 @@ def _named_paths(value: object, depth: int = 0):
 
 
 async def _reply(scope, receive, send, status: int, message: str) -> None:
-    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+    """Answer here: `message` (English, catalogued) in the request's language."""
+    text = translate(message, scope_language(scope)) or message
+    await JSONResponse({"error": text}, status_code=status)(scope, receive, send)

@@ -32,6 +32,8 @@ from starlette.routing import Mount
 from app.auth import Auth
 from app.config import AppConfig
 from app.edge import parse_id, parse_index, user_message
+from app.i18n import I18N, SERVER, error_text, t
+from app.language import LANGUAGES, LanguagePage, request_language
 from app.request_guard import RequestGuard
 from app.sessions import SessionGuard, uvicorn_proxy_options
 from app.ui import CSS_PATH, build_ui
@@ -54,11 +56,15 @@ from storage import (
 #: Importing gradio/transformers and building the UI takes seconds on a loaded 2-core box.
 APP_START_TIMEOUT_S = 60
 
-FIRST_ADMIN_HINT = (
-    "No users exist yet. Create the first admin with:\n"
-    "    scripts/pulsemind user add NAME --role admin"
+FIRST_ADMIN_COMMAND = "scripts/pulsemind user add NAME --role admin"
+FIRST_ADMIN_HINT = f"{SERVER['login.first_admin']['en']}\n    {FIRST_ADMIN_COMMAND}"
+#: The login page comes before anyone is known: it speaks both languages.
+LOGIN_MESSAGE = " / ".join(SERVER["login.message"][lang] for lang in LANGUAGES)
+#: Shown on the login page while nobody can log in yet (the operator's next step).
+FIRST_ADMIN_PAGE_HINT = (
+    " / ".join(SERVER["login.first_admin"][lang] for lang in LANGUAGES)
+    + f" <code>{FIRST_ADMIN_COMMAND}</code>"
 )
-LOGIN_MESSAGE = "PulseMind — log in with your account."
 
 
 class LoginHint:
@@ -89,7 +95,7 @@ class LoginHint:
         except StorageError:  # a busy database: keep the page as it is this time
             return
         self.blocks.auth_message = (
-            LOGIN_MESSAGE if has_users else f"{LOGIN_MESSAGE} {FIRST_ADMIN_HINT}"
+            LOGIN_MESSAGE if has_users else f"{LOGIN_MESSAGE} {FIRST_ADMIN_PAGE_HINT}"
         )
 
 
@@ -159,10 +165,12 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
                 raise NotFound("attachment not visible to the caller")
             img = get_attachment_image(db, att, pos)
         except NotFound:
-            return JSONResponse({"error": "Not found."}, status_code=404)
+            return JSONResponse({"error": t("guard.not_found", request_language(request))},
+                                status_code=404)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the edge: a message for people, detail logged
             status = 503 if isinstance(exc, StorageError) else 500
-            return JSONResponse({"error": user_message(exc)}, status_code=status)
+            text = error_text(exc, user_message(exc), request_language(request))
+            return JSONResponse({"error": text}, status_code=status)
         return Response(img.png, media_type="image/png", headers={"Cache-Control": "private"})
 
     def refused(username: str | None, route: str) -> None:
@@ -173,6 +181,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     api.add_middleware(
         RequestGuard, uploads=uploads, current_user=current_user, on_refused=refused
     )
+    api.add_middleware(LanguagePage)  # the page in the request's language (app.language)
     api.add_middleware(SessionGuard, db=db, config=config)  # outermost: expired sessions first
 
     api = gr.mount_gradio_app(
@@ -180,15 +189,18 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
         blocks,
         path="",
         auth=auth.login,
-        auth_message=LOGIN_MESSAGE if count_users(db) else f"{LOGIN_MESSAGE} {FIRST_ADMIN_HINT}",
+        auth_message=(
+            LOGIN_MESSAGE if count_users(db) else f"{LOGIN_MESSAGE} {FIRST_ADMIN_PAGE_HINT}"
+        ),
         max_file_size=f"{config.max_upload_mb}mb",
         ssr_mode=False,
         enable_monitoring=False,
         show_error=False,  # only our gr.Error messages (app.edge) reach the page
         blocked_paths=blocked,
-        footer_links=["api"],
+        footer_links=["api"],  # shown to admins only (app.ui, assets/app.css)
         run_history=False,
         css_paths=[CSS_PATH],
+        i18n=I18N,
     )
     gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
     api.add_middleware(LoginHint, db=db, blocks=blocks)

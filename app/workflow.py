@@ -18,6 +18,7 @@ file, and the database is left as it was. Answers that fail are stored with thei
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from model.engines import EngineRegistry
 from model.errors import IntakeError
 from model.images import for_model, stored_image
 from model.intake import IntakeLimits, IntakeResult, intake_bytes
-from model.prompt import to_chat_messages, user_turn
+from model.prompt import DEFAULT_LANGUAGE, to_chat_messages, user_turn
 from model.turn import TurnOutcome, TurnStream
 from storage import (
     Database,
@@ -56,7 +57,8 @@ from storage import (
     update_assistant_message,
 )
 
-#: Title of a new consultation: the start of its first message.
+#: Title of a new consultation: the start of its first message as plain text, at most this
+#: many characters (one line of the consultation list).
 TITLE_CHARS = 60
 #: Longest a streamed answer's readers wait between updates: smooth to the eye (20 per second),
 #: and it bounds the per-token cost of sending updates (Gradio's diff, postprocess and SSE) when
@@ -222,9 +224,12 @@ class Consultations:
         text: str,
         files: Sequence[tuple[str, str | Path]] = (),
         variant_name: str | None = None,
+        *,
+        language: str = DEFAULT_LANGUAGE,
     ) -> Answer:
         """`add_turn` and `answer` in one, overlapped: the model request goes out while the turn
         is written, and the answer's first text is held back until the turn is stored.
+        `language` picks the system prompt (`model.prompt.SYSTEM_PROMPTS`).
 
         Writes to SQLite are one at a time; when many clinicians send at once, storing first
         would hand the model their questions one by one, each after the writes queued before
@@ -241,7 +246,7 @@ class Consultations:
             records = self.chat_history(user, consultation_id, with_png=True)
         atts = [(r.kind, r.page_count, r.text) for r in results]
         images = [for_model(im) for r in results for im in r.images]
-        messages = [*to_chat_messages(records), user_turn(text, atts, images)]
+        messages = [*to_chat_messages(records, language=language), user_turn(text, atts, images)]
         answer = self._answer_to(consultation_id, records, messages, variant_name)
         answer.turn = self._writer.submit(self._store_turn, user, consultation_id, text, results)
         return answer
@@ -249,8 +254,8 @@ class Consultations:
     def _store_turn(
         self, user: UserRecord, consultation_id: int | None, text: str, results: list[IntakeResult]
     ) -> tuple[int, MessageRecord]:
-        if consultation_id is None:
-            title = text[:TITLE_CHARS] or f"{len(results)} file(s)"
+        if consultation_id is None:  # a consultation starts with its first message
+            title = title_from(text) or (f"{len(results)} file(s)" if results else None)
             consultation_id = create_consultation(self.db, user.id, title).id
         msg = add_user_message(
             self.db, consultation_id, user.id, text, [to_new_attachment(r) for r in results]
@@ -292,8 +297,10 @@ class Consultations:
         sampling: SamplingParams | None = None,
         *,
         regenerate: bool = False,
+        language: str = DEFAULT_LANGUAGE,
     ) -> Answer:
         """Start the model's answer to the consultation so far (lazy: nothing runs until iterated).
+        `language` picks the system prompt (`model.prompt.SYSTEM_PROMPTS`).
 
         With `regenerate`, the current last answer is replaced (kept in the database, superseded).
         Only the consultation's owner may ask (an admin reads, never answers, there).
@@ -309,7 +316,8 @@ class Consultations:
             records = records[:-1]
         if not records or records[-1].role is not MessageRole.USER:
             raise InvalidInput("no question", user_message="There is no question to answer yet.")
-        return self._answer_to(consultation_id, records, to_chat_messages(records), variant_name,
+        return self._answer_to(consultation_id, records,
+                               to_chat_messages(records, language=language), variant_name,
                                sampling, replaces_id=replaces)  # fmt: skip
 
     def _answer_to(
@@ -411,6 +419,48 @@ class Consultations:
                      target_id=str(msg.id), outcome=outcome, detail=detail)  # fmt: skip
         log.info("answer recorded: {} ({} chars)", out.finish_reason, len(out.text))
         return msg
+
+
+#: Markdown taken out of a title, in order: (pattern, replacement).
+_MARKDOWN = [
+    (re.compile(r"^\s*(```|~~~).*$", re.M), ""),  # code fences
+    (re.compile(r"^\s*([-*_]\s*){3,}$", re.M), ""),  # horizontal rules
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images: their alt text
+    (re.compile(r"\[([^\]]*)\](\([^)]*\)|\[[^\]]*\])"), r"\1"),  # links: their text
+    (re.compile(r"<(https?://[^>\s]+)>"), r"\1"),  # autolinks
+    (re.compile(r"</?[A-Za-z][^>]*>"), ""),  # HTML tags
+    (re.compile(r"^\s{0,3}(>\s?)+", re.M), ""),  # block quotes
+    (re.compile(r"^\s{0,3}#{1,6}\s+|\s+#+\s*$", re.M), ""),  # headings
+    (re.compile(r"^\s*([-*+]|\d{1,9}[.)])\s+(\[[ xX]\]\s+)?", re.M), ""),  # list markers
+    (re.compile(r"(\*\*|__|~~)(?=\S)(.+?)(?<=\S)\1"), r"\2"),  # bold, strikethrough
+    (re.compile(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])"), r"\1"),  # *italic*
+    (re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)"), r"\1"),  # _italic_ (not snake_case)
+    (re.compile(r"`+"), ""),  # inline code marks
+]
+#: A backslash-escaped markdown character stands for itself: hidden from `_MARKDOWN` meanwhile
+#: as a private-use character (U+E000 + its code).
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>~|])")
+_HIDDEN = re.compile("[\ue000-\ue07f]")
+
+
+def title_from(text: str, limit: int = TITLE_CHARS) -> str:
+    """A consultation's title from its first question: markdown taken out, one line of plain
+    text, at most `limit` characters, cut at a word boundary (with "…") when longer.
+
+    >>> title_from("## **Chest pain** since [yesterday](http://x), see `ECG`")
+    'Chest pain since yesterday, see ECG'
+    """
+    plain = _ESCAPED.sub(lambda m: chr(0xE000 + ord(m.group(1))), text or "")
+    for pattern, replacement in _MARKDOWN:
+        plain = pattern.sub(replacement, plain)
+    plain = _HIDDEN.sub(lambda m: chr(ord(m.group()) - 0xE000), " ".join(plain.split()))
+    if len(plain) <= limit:
+        return plain
+    cut = plain[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:  # a word boundary not too far back (text without spaces: none)
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-–—") + "…"
 
 
 def _turn_text(text: str | None, files: Sequence) -> str:

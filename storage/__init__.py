@@ -16,7 +16,8 @@ Repository functions take the `Database` and plain values, run in one transactio
 return frozen records (storage.records) and raise storage.errors.StorageError subclasses
 whose `user_message` the UI shows. Modules: db (engine, sessions, migrations), models
 (schema), access (who may read and write what), users, consultations, messages,
-attachments, variants, audit.
+feedback, attachments, variants, audit, cases (imported case sets), compare (comparisons
+and their answers), votes.
 """
 
 from storage.access import Uploads
@@ -26,12 +27,31 @@ from storage.attachments import (
     user_can_access_attachment,
 )
 from storage.audit import list_audit, record_audit
+from storage.cases import (
+    count_cases,
+    get_case,
+    get_case_set_by_name,
+    import_case_set,
+    list_case_sets,
+    list_cases,
+)
+from storage.compare import (
+    add_compare_turn,
+    create_comparison,
+    get_compare_turn,
+    get_comparison,
+    keep_response,
+    list_compare_turns,
+    record_response,
+)
+from storage.compare_context import turn_context
 from storage.consultations import (
     check_writable,
     create_consultation,
     delete_consultation,
     get_consultation,
     list_consultations,
+    list_consultations_of,
     rename_consultation,
 )
 from storage.db import Database, default_database_url
@@ -44,24 +64,52 @@ from storage.errors import (
     PermissionDenied,
     StorageError,
 )
+from storage.feedback import get_feedback, set_feedback
 from storage.messages import (
     add_assistant_message,
     add_user_message,
+    answer_versions,
+    choose_version,
     get_message,
     history,
     update_assistant_message,
 )
-from storage.models import AttachmentKind, AuditOutcome, FinishReason, MessageRole, UserRole
+from storage.models import (
+    AttachmentKind,
+    AuditOutcome,
+    CaseFormat,
+    CompareSource,
+    CompareTurnState,
+    FinishReason,
+    MessageRole,
+    Overall,
+    Preference,
+    Side,
+    Thumbs,
+    UserRole,
+)
 from storage.records import (
+    AnswerVersions,
     AttachmentRecord,
     AuditRecord,
+    CaseRecord,
+    CaseSetRecord,
+    CaseTurnRecord,
+    CompareTurnRecord,
+    ComparisonRecord,
     ConsultationRecord,
+    ContextMessage,
+    FeedbackRecord,
     ImageRecord,
     MessageRecord,
     NewAttachment,
+    NewCase,
+    NewCaseTurn,
     NewImage,
+    ResponseRecord,
     UserRecord,
     VariantRecord,
+    VoteRecord,
 )
 from storage.users import (
     MIN_PASSWORD_LENGTH,
@@ -82,8 +130,10 @@ from storage.variants import (
     list_variants,
     set_variant_active,
 )
+from storage.votes import DIMENSIONS, get_vote, list_votes, record_vote, reveal
 
 __all__ = [
+    "AnswerVersions",
     "AttachmentKind",
     "AttachmentRecord",
     "AuditOutcome",
@@ -92,6 +142,7 @@ __all__ = [
     "ConsultationRecord",
     "Database",
     "DatabaseBusy",
+    "FeedbackRecord",
     "DatabaseUnavailable",
     "FinishReason",
     "ImageRecord",
@@ -104,13 +155,16 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "StorageError",
+    "Thumbs",
     "UserRecord",
     "UserRole",
     "Uploads",
     "VariantRecord",
     "add_assistant_message",
     "add_user_message",
+    "answer_versions",
     "authenticate",
+    "choose_version",
     "count_users",
     "check_writable",
     "create_consultation",
@@ -121,6 +175,7 @@ __all__ = [
     "get_attachment_image",
     "get_attachment_images",
     "get_consultation",
+    "get_feedback",
     "get_message",
     "get_user",
     "get_user_by_name",
@@ -130,13 +185,51 @@ __all__ = [
     "list_active_variants",
     "list_audit",
     "list_consultations",
+    "list_consultations_of",
     "list_users",
     "list_variants",
     "record_audit",
     "rename_consultation",
+    "set_feedback",
     "set_password",
     "set_user_active",
     "set_variant_active",
     "update_assistant_message",
     "user_can_access_attachment",
+    # Compare (cases, comparisons, votes)
+    "CaseFormat",
+    "CompareSource",
+    "CompareTurnState",
+    "Overall",
+    "Preference",
+    "Side",
+    "CaseRecord",
+    "CaseSetRecord",
+    "CaseTurnRecord",
+    "ComparisonRecord",
+    "CompareTurnRecord",
+    "ContextMessage",
+    "NewCase",
+    "NewCaseTurn",
+    "ResponseRecord",
+    "VoteRecord",
+    "count_cases",
+    "get_case",
+    "get_case_set_by_name",
+    "import_case_set",
+    "list_case_sets",
+    "list_cases",
+    "add_compare_turn",
+    "create_comparison",
+    "get_compare_turn",
+    "get_comparison",
+    "keep_response",
+    "list_compare_turns",
+    "record_response",
+    "turn_context",
+    "DIMENSIONS",
+    "get_vote",
+    "list_votes",
+    "record_vote",
+    "reveal",
 ]

@@ -2,12 +2,21 @@
 
     consultation  its owner reads and writes it; an admin reads any (never writes into
                   another's); nobody else does either; an inactive user does nothing
+    deleted       (soft-deleted consultation) nobody writes it; only admins read it, and
+                  only admins list deleted consultations; its owner is told it was deleted
     message       as its consultation (answers included: an admin's retry cannot supersede
-                  a clinician's answer)
+                  a clinician's answer; choosing an answer's version is a write)
+    feedback      on an answer, by whoever may write its consultation (its owner)
     attachment    (its derived images and text) whoever may read a consultation carrying it
     upload        a file in the server's upload cache, before it is an attachment: only the
                   user(s) who uploaded those bytes may use or read it; a path nobody uploaded
                   (the database, another user's upload, any server file) is no upload at all
+    comparison    started by annotators and admins from a case or a typed patient turn, and by
+                  a consultation's owner from it (clinician compare mode; never an annotator);
+                  its creator writes it (answers, votes, continuing); its creator, whoever
+                  voted in it and admins read it. An annotator reads no consultation: only
+                  what a comparison shows (its cases' turns and its questions' files)
+    case          (imported consultations) annotators and admins read them
 
 Storage enforces the rule for every write (`access_consultation(..., write=True)` inside the
 writing transaction); the app asks the same functions before it reads, and `Uploads` before
@@ -23,11 +32,31 @@ from pathlib import Path
 
 from loguru import logger
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.errors import NotFound, PermissionDenied
-from storage.models import Attachment, Consultation, Message, MessageAttachment, User, UserRole
+from storage.models import (
+    Attachment,
+    CaseTurn,
+    CaseTurnAttachment,
+    CompareSource,
+    Comparison,
+    ComparisonTurn,
+    ComparisonTurnAttachment,
+    Consultation,
+    Message,
+    MessageAttachment,
+    User,
+    UserRole,
+    Vote,
+)
 from storage.users import username_key
+
+#: What the owner of a deleted consultation is told when it is asked for.
+DELETED_MESSAGE = "This consultation was deleted. / 此会诊已删除。"
+ADMINS_ONLY_MESSAGE = (
+    "Only an administrator can see deleted consultations. / 只有管理员可以查看已删除的会诊。"
+)
 
 
 def active_user(session: Session, user_id: int) -> User:
@@ -43,10 +72,11 @@ def access_consultation(
 ) -> Consultation:
     """The consultation, if `user_id` may read it (`write=False`) or change it (`write=True`).
 
-    NotFound if it does not exist; PermissionDenied if the user is not its owner (for
-    reading: not its owner and not an admin). `lock=True` locks the row until the
-    transaction ends (PostgreSQL `FOR UPDATE`; SQLite writers are serialised anyway), which
-    serialises writers appending to the same consultation.
+    NotFound if it does not exist, or (for its owner) was deleted; PermissionDenied if the
+    user is not its owner (for reading: not its owner and not an admin). A deleted
+    consultation is read by admins only and written by nobody. `lock=True` locks the row
+    until the transaction ends (PostgreSQL `FOR UPDATE`; SQLite writers are serialised
+    anyway), which serialises writers appending to the same consultation.
     """
     user = active_user(session, user_id)
     query = select(Consultation).where(Consultation.id == consultation_id)
@@ -55,10 +85,13 @@ def access_consultation(
     consultation = session.scalar(query)
     if consultation is None:
         raise NotFound(f"consultation {consultation_id} does not exist")
-    if consultation.owner_id == user_id:
+    deleted = consultation.deleted_at is not None
+    if consultation.owner_id == user_id and not deleted:
         return consultation
     if not write and user.role is UserRole.ADMIN:
         return consultation
+    if consultation.owner_id == user_id:
+        raise NotFound(f"consultation {consultation_id} was deleted", user_message=DELETED_MESSAGE)
     logger.warning(
         "user id={} denied {} access to consultation id={}",
         user_id,
@@ -66,6 +99,15 @@ def access_consultation(
         consultation_id,
     )
     raise PermissionDenied(f"user {user_id} may not access consultation {consultation_id}")
+
+
+def require_admin(session: Session, user_id: int) -> User:
+    """The user, if an active admin (who alone may list deleted consultations)."""
+    user = active_user(session, user_id)
+    if user.role is not UserRole.ADMIN:
+        logger.warning("user id={} denied an admin-only listing", user_id)
+        raise PermissionDenied(f"user {user_id} is not an admin", user_message=ADMINS_ONLY_MESSAGE)
+    return user
 
 
 def may_read_attachment(session: Session, user_id: int, attachment_id: int) -> bool:
@@ -81,8 +123,11 @@ def may_read_attachment(session: Session, user_id: int, attachment_id: int) -> b
         .join(Consultation, Consultation.id == Message.consultation_id)
         .where(MessageAttachment.attachment_id == attachment_id)
         .where(Consultation.owner_id == user_id)
+        .where(Consultation.deleted_at.is_(None))
     )
-    return bool(session.scalar(select(owned)))
+    return bool(session.scalar(select(owned))) or may_read_compared_attachment(
+        session, user_id, attachment_id
+    )
 
 
 class Uploads:
@@ -127,3 +172,116 @@ class Uploads:
                 user_message="Attach files by uploading them here first.",
             )
         return str(path)
+
+
+# --- Compare: cases, comparisons, votes --------------------------------------------------
+
+#: Who compares on cases and typed patient turns (and votes there).
+ANNOTATING_ROLES = (UserRole.ANNOTATOR, UserRole.ADMIN)
+
+
+def _denied(user_id: int, what: str) -> PermissionDenied:
+    logger.warning("user id={} denied: {}", user_id, what)
+    return PermissionDenied(f"user {user_id} may not {what}")
+
+
+def may_read_cases(session: Session, user_id: int) -> User:
+    """The user, if they may read imported cases (annotators, admins); PermissionDenied if not."""
+    user = active_user(session, user_id)
+    if user.role not in ANNOTATING_ROLES:
+        raise _denied(user_id, "read cases")
+    return user
+
+
+def may_start_comparison(
+    session: Session, user_id: int, source: CompareSource, consultation_id: int | None = None
+) -> User:
+    """The user, if they may start a comparison from `source`; PermissionDenied if not.
+
+    Cases and typed turns: annotators and admins. A consultation: its owner only (clinician
+    compare mode; the consultation row is locked as for any write into it).
+    """
+    user = active_user(session, user_id)
+    if source is CompareSource.CONSULTATION:
+        if user.role is UserRole.ANNOTATOR or consultation_id is None:
+            raise _denied(user_id, f"compare in consultation {consultation_id}")
+        access_consultation(session, consultation_id, user_id, write=True, lock=True)
+    elif user.role not in ANNOTATING_ROLES:
+        raise _denied(user_id, f"start a {source.value} comparison")
+    return user
+
+
+def access_comparison(
+    session: Session, comparison_id: int, user_id: int, *, write: bool, lock: bool = False
+) -> Comparison:
+    """The comparison, if `user_id` may read it (`write=False`) or add to it (`write=True`:
+    record answers, vote, continue).
+
+    Writing: its creator only, while still allowed to start it (a clinician: while owning the
+    consultation). Reading: its creator, whoever voted in it, admins. NotFound if absent.
+    """
+    user = active_user(session, user_id)
+    query = select(Comparison).where(Comparison.id == comparison_id)
+    if lock:
+        query = query.with_for_update()
+    comparison = session.scalar(query)
+    if comparison is None:
+        raise NotFound(f"comparison {comparison_id} does not exist")
+    if comparison.creator_id == user_id:
+        if write:
+            may_start_comparison(session, user_id, comparison.source, comparison.consultation_id)
+        return comparison
+    if not write:
+        if user.role is UserRole.ADMIN:
+            return comparison
+        voted = exists(
+            select(Vote.id)
+            .join(ComparisonTurn, ComparisonTurn.id == Vote.turn_id)
+            .where(ComparisonTurn.comparison_id == comparison_id)
+            .where(Vote.voter_id == user_id)
+        )
+        if session.scalar(select(voted)):
+            return comparison
+    raise _denied(user_id, f"{'write' if write else 'read'} comparison {comparison_id}")
+
+
+def access_compare_turn(
+    session: Session, turn_id: int, user_id: int, *, write: bool, lock: bool = False
+) -> tuple[ComparisonTurn, Comparison]:
+    """The turn and its comparison, as `access_comparison` allows; `lock` locks the turn row
+    (PostgreSQL `FOR UPDATE`), which serialises votes and answers recorded on one turn."""
+    active_user(session, user_id)
+    query = select(ComparisonTurn).where(ComparisonTurn.id == turn_id)
+    if lock:
+        query = query.with_for_update()
+    turn = session.scalar(query)
+    if turn is None:
+        raise NotFound(f"compare turn {turn_id} does not exist")
+    return turn, access_comparison(session, turn.comparison_id, user_id, write=write)
+
+
+def may_read_compared_attachment(session: Session, user_id: int, attachment_id: int) -> bool:
+    """True if a comparison the user created or voted in shows the attachment: a file of one
+    of its questions, or of its case's turns up to the one asked."""
+    readable = select(Comparison.id).where(Comparison.creator_id == user_id).union(
+        select(ComparisonTurn.comparison_id)
+        .join(Vote, Vote.turn_id == ComparisonTurn.id)
+        .where(Vote.voter_id == user_id)
+    )
+    in_question = exists(
+        select(ComparisonTurnAttachment.id)
+        .join(ComparisonTurn, ComparisonTurn.id == ComparisonTurnAttachment.turn_id)
+        .where(ComparisonTurnAttachment.attachment_id == attachment_id)
+        .where(ComparisonTurn.comparison_id.in_(readable))
+    )
+    asked = aliased(CaseTurn)
+    in_case = exists(
+        select(CaseTurnAttachment.id)
+        .join(CaseTurn, CaseTurn.id == CaseTurnAttachment.case_turn_id)
+        .join(asked, asked.case_id == CaseTurn.case_id)
+        .join(ComparisonTurn, ComparisonTurn.prompt_case_turn_id == asked.id)
+        .where(CaseTurnAttachment.attachment_id == attachment_id)
+        .where(CaseTurn.position <= asked.position)
+        .where(ComparisonTurn.comparison_id.in_(readable))
+    )
+    return bool(session.scalar(select(in_question | in_case)))

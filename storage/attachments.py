@@ -219,3 +219,28 @@ def user_can_access_attachment(db: Database, user_id: int, attachment_id: int) -
             return may_read_attachment(session, user_id, attachment_id)
     except NotFound:  # an id no row can have
         return False
+
+
+def attachments_by_id(
+    session: Session, attachment_ids: Iterable[int], *, with_png: bool
+) -> dict[int, AttachmentRecord]:
+    """Attachments by id with their images (bytes only `with_png`), outside any message: for
+    case turns and compare questions. `position` 0 and no name: callers place them."""
+    ids = sorted(set(attachment_ids))
+    if not ids:
+        return {}
+    image_query = (
+        select(AttachmentImage)
+        .where(AttachmentImage.attachment_id.in_(ids))
+        .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
+    )
+    if with_png:
+        image_query = image_query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
+    images: dict[int, list[ImageRecord]] = {}
+    for image in session.scalars(image_query):
+        images.setdefault(image.attachment_id, []).append(_image_record(image, with_png=with_png))
+    return {
+        a.id: from_row(AttachmentRecord, a, position=0, original_name="",
+                       images=tuple(images.get(a.id, ())))  # fmt: skip
+        for a in session.scalars(select(Attachment).where(Attachment.id.in_(ids)))
+    }

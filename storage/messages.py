@@ -6,12 +6,16 @@ transactions start with `BEGIN IMMEDIATE`, one writer at a time), so two writers
 the same number; the unique (consultation_id, seq) constraint is the backstop.
 
 Regenerating an answer (see storage/models.py): `add_assistant_message(..., replaces_id=X)`
-marks X and every later message superseded and appends the new answer; `history()` returns
-the current branch only, unless asked for everything.
+appends the new answer as X's sibling (same parent: another version of the answer) and marks
+X and every later message of the current path superseded; `history()` returns the current
+path only, unless asked for everything. `answer_versions` lists an answer's versions and
+`choose_version` makes another one current: the path is re-derived from the `chosen` marks,
+so the chosen version comes back with the turns that followed it.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +39,13 @@ from storage.models import (
     ModelVariant,
     utcnow,
 )
-from storage.records import AttachmentRecord, MessageRecord, NewAttachment, from_row
+from storage.records import (
+    AnswerVersions,
+    AttachmentRecord,
+    MessageRecord,
+    NewAttachment,
+    from_row,
+)
 
 #: One message's text. Far above any model context; stops a runaway paste or loop.
 MAX_MESSAGE_CHARS = 200_000
@@ -45,18 +55,39 @@ MAX_ATTACHMENTS_PER_MESSAGE = 30
 #: Sampling parameters are a handful of numbers.
 MAX_SAMPLING_PARAMS_CHARS = 10_000
 
+NO_SUCH_ANSWER = "This answer is not in this consultation. / 此会诊中没有这条回答。"
+NOT_AN_ANSWER = (
+    "Only the model's answers have versions and ratings. / 只有模型的回答才有版本和评价。"
+)
+
 
 def _record(message: Message, attachments: Sequence[AttachmentRecord] = ()) -> MessageRecord:
     return from_row(MessageRecord, message, attachments=tuple(attachments))
 
 
-def _append(session: Session, consultation: Consultation, message: Message) -> Message:
-    """Give `message` the next seq of the (locked) consultation and write it."""
+def _current_leaf(session: Session, consultation_id: int) -> int | None:
+    """The last message of the current path (what a new turn follows), or None if empty."""
+    return session.scalar(
+        select(Message.id)
+        .where(Message.consultation_id == consultation_id)
+        .where(Message.superseded.is_(False))
+        .order_by(Message.seq.desc())
+        .limit(1)
+    )
+
+
+def _append(
+    session: Session, consultation: Consultation, message: Message, parent_id: int | None
+) -> Message:
+    """Give `message` the next seq of the (locked) consultation and write it after
+    `parent_id`, as the chosen child there."""
     last = session.scalar(
         select(func.max(Message.seq)).where(Message.consultation_id == consultation.id)
     )
     message.consultation_id = consultation.id
     message.seq = (last or 0) + 1
+    message.parent_id = parent_id
+    message.chosen = True
     message.created_at = utcnow()
     consultation.updated_at = message.created_at
     session.add(message)
@@ -94,7 +125,10 @@ def add_user_message(
             session, consultation_id, author_id, write=True, lock=True
         )
         message = _append(
-            session, consultation, Message(role=MessageRole.USER, text=text, author_id=author_id)
+            session,
+            consultation,
+            Message(role=MessageRole.USER, text=text, author_id=author_id),
+            _current_leaf(session, consultation.id),
         )
         reused = 0
         for position, new in enumerate(attachments):
@@ -144,8 +178,8 @@ def add_assistant_message(
 
     `user_id` asked for the answer and must be allowed to write the consultation (its owner:
     an admin reading someone else's consultation cannot add or regenerate answers there).
-    `replaces_id`: the answer this one regenerates; it and every later message become
-    superseded.
+    `replaces_id`: the answer this one regenerates (a current one); the new answer is its
+    next version, and it and every later message of the path become superseded.
     """
     outcome = _outcome_fields(text, finish_reason, error, latency_ms=latency_ms,
                               first_token_ms=first_token_ms, prompt_tokens=prompt_tokens,
@@ -158,7 +192,9 @@ def add_assistant_message(
         if model_variant_id is not None and session.get(ModelVariant, model_variant_id) is None:
             raise NotFound(f"model variant {model_variant_id} does not exist")
         if replaces_id is not None:
-            _supersede_from(session, consultation_id, replaces_id)
+            parent_id = _supersede_from(session, consultation_id, replaces_id)
+        else:
+            parent_id = _current_leaf(session, consultation_id)
         message = _append(
             session,
             consultation,
@@ -169,6 +205,7 @@ def add_assistant_message(
                 replaces_id=replaces_id,
                 **outcome,
             ),
+            parent_id,
         )
         record = _record(message)
     logger.info(
@@ -235,7 +272,9 @@ def _outcome_fields(
     }
 
 
-def _supersede_from(session: Session, consultation_id: int, replaces_id: int) -> None:
+def _supersede_from(session: Session, consultation_id: int, replaces_id: int) -> int | None:
+    """Take the current answer `replaces_id` and the rest of the path after it off the
+    current path, and unchoose its versions; returns their parent (the new version's)."""
     old = session.get(Message, replaces_id)
     if old is None or old.consultation_id != consultation_id:
         raise NotFound(f"message {replaces_id} is not in consultation {consultation_id}")
@@ -251,6 +290,120 @@ def _supersede_from(session: Session, consultation_id: int, replaces_id: int) ->
         .values(superseded=True)
         .execution_options(synchronize_session="fetch")
     )
+    session.execute(
+        update(Message)
+        .where(_siblings_of(consultation_id, old.parent_id))
+        .values(chosen=False)
+        .execution_options(synchronize_session="fetch")
+    )
+    return old.parent_id
+
+
+def _siblings_of(consultation_id: int, parent_id: int | None):
+    """The condition "follows `parent_id` in the consultation" (the first messages for None)."""
+    parent = Message.parent_id.is_(None) if parent_id is None else Message.parent_id == parent_id
+    return (Message.consultation_id == consultation_id) & parent
+
+
+def _answer_in(session: Session, consultation_id: int, message_id: int) -> Message:
+    """The answer `message_id` of the consultation, else NotFound / InvalidInput."""
+    message = session.get(Message, message_id)
+    if message is None or message.consultation_id != consultation_id:
+        raise NotFound(
+            f"message {message_id} is not in consultation {consultation_id}",
+            user_message=NO_SUCH_ANSWER,
+        )
+    if message.role is not MessageRole.ASSISTANT:
+        raise InvalidInput(f"message {message_id} is not an answer", user_message=NOT_AN_ANSWER)
+    return message
+
+
+def _versions(session: Session, answer: Message) -> AnswerVersions:
+    versions = list(
+        session.scalars(
+            select(Message)
+            .where(_siblings_of(answer.consultation_id, answer.parent_id))
+            .where(Message.role == MessageRole.ASSISTANT)
+            .order_by(Message.seq)
+        )
+    )
+    current = next((m for m in versions if m.chosen), versions[-1])
+    return AnswerVersions(
+        consultation_id=answer.consultation_id,
+        versions=tuple(_record(m) for m in versions),
+        current_id=current.id,
+    )
+
+
+def answer_versions(
+    db: Database, consultation_id: int, message_id: int, user_id: int
+) -> AnswerVersions:
+    """The versions of the answer `message_id` (itself included), oldest first, and which
+    one the consultation continues with. For whoever may read the consultation."""
+    with db.transaction(write=False) as session:
+        access_consultation(session, consultation_id, user_id, write=False)
+        return _versions(session, _answer_in(session, consultation_id, message_id))
+
+
+def choose_version(
+    db: Database, consultation_id: int, message_id: int, user_id: int
+) -> AnswerVersions:
+    """Make the answer `message_id` the version the consultation continues with (owner only).
+
+    It becomes the chosen child of its parent (and so does every message above it), and the
+    current path is re-derived from the chosen marks: the turns that followed this version
+    come back, those after the version it replaces leave the path (kept, superseded).
+    """
+    with db.transaction() as session:
+        access_consultation(session, consultation_id, user_id, write=True, lock=True)
+        answer = _answer_in(session, consultation_id, message_id)
+        rows = session.execute(
+            select(Message.id, Message.parent_id, Message.chosen, Message.superseded)
+            .where(Message.consultation_id == consultation_id)
+            .order_by(Message.seq)
+        ).all()
+        parent_of = {r.id: r.parent_id for r in rows}
+        children: defaultdict[int | None, list[int]] = defaultdict(list)
+        for r in rows:
+            children[r.parent_id].append(r.id)
+        chosen = {r.id for r in rows if r.chosen}
+        node: int | None = answer.id
+        while node is not None:
+            chosen.difference_update(children[parent_of[node]])
+            chosen.add(node)
+            node = parent_of[node]
+        path = set(current_path(children, chosen))
+        _set_flag(session, "chosen", {r.id for r in rows if r.chosen} ^ chosen, chosen)
+        _set_flag(session, "superseded", {r.id for r in rows if not r.superseded} ^ path,
+                  set(parent_of) - path)  # fmt: skip
+        versions = _versions(session, answer)
+    logger.info("consultation id={}: answer id={} chosen (version {} of {})", consultation_id,
+                message_id, versions.current_number, len(versions.versions))  # fmt: skip
+    return versions
+
+
+def current_path(children: dict[int | None, list[int]], chosen: set[int]) -> list[int]:
+    """The current path of a consultation's tree: from the first message down through the
+    chosen child of each message (`children` in seq order; the newest if none is chosen)."""
+    path: list[int] = []
+    kids = children.get(None, [])
+    while kids:
+        node = next((k for k in reversed(kids) if k in chosen), kids[-1])
+        path.append(node)
+        kids = children.get(node, [])
+    return path
+
+
+def _set_flag(session: Session, column: str, changed: set[int], true_ids: set[int]) -> None:
+    """Write `column` for the `changed` rows: True for those in `true_ids`, else False."""
+    for value, ids in ((True, changed & true_ids), (False, changed - true_ids)):
+        if ids:
+            session.execute(
+                update(Message)
+                .where(Message.id.in_(sorted(ids)))
+                .values({column: value})
+                .execution_options(synchronize_session="fetch")
+            )
 
 
 def history(

@@ -6,13 +6,23 @@ use the generic `JSON` type, timestamps are timezone-aware and always UTC.
 `storage/migrations/versions/` must match this file exactly; `tests/test_storage.py`
 checks that an upgraded database shows no difference against `Base.metadata`.
 
-How the current history of a consultation is derived (regenerate):
-    Every message gets the next `seq` in its consultation (1, 2, 3, ...; never reused).
-    Regenerating an answer writes a NEW assistant message whose `replaces_id` points at the
-    answer it replaces, and marks the replaced message, and every message after it in the
-    consultation, `superseded=True` (the conversation branches from there, as in an edited
-    chat). The current history is the messages with `superseded=False` ordered by `seq`;
-    superseded rows are kept for training and audit (`replaces_id` links the versions).
+How the current history of a consultation is derived (regenerate, answer versions):
+    Every message gets the next `seq` in its consultation (1, 2, 3, ...; never reused) and a
+    `parent_id`: the message it follows (None for the first), so a consultation is a tree.
+    Regenerating an answer writes a NEW assistant message with the same parent as the answer
+    it replaces (`replaces_id` names that answer): the answers to one question are siblings,
+    the versions ‹1/n› of that answer in `seq` order. Among the children of a message exactly
+    one is `chosen` (a new message is; `storage.messages.choose_version` moves the choice).
+    The current history is the path from the first message down through chosen children;
+    `superseded=True` marks every message off that path, so readers (history, prompts,
+    exports) filter on one column. Regenerating supersedes the replaced answer and every
+    later message of the path (the conversation branches there, as in an edited chat);
+    choosing another version brings it back with the turns that followed it, and the
+    version it replaces leaves with its own. Nothing is deleted: superseded rows are kept
+    for training and audit.
+
+Deleting a consultation sets `deleted_at` (soft delete): its owner no longer sees or
+changes it, admins still read it, and its messages stay for audit and training.
 """
 
 from __future__ import annotations
@@ -62,6 +72,8 @@ NAME_LENGTH = 100
 URL_LENGTH = 500
 PATH_LENGTH = 1000
 ACTION_LENGTH = 64
+#: A clinician's comment on an answer: a few sentences, not a second consultation.
+FEEDBACK_COMMENT_LENGTH = 2000
 TARGET_ID_LENGTH = 100
 PASSWORD_HASH_LENGTH = 255
 #: `ModelVariant.endpoint` of variants served by the in-process engine, not over HTTP.
@@ -126,6 +138,13 @@ class AttachmentKind(enum.StrEnum):
     PDF = "pdf"
 
 
+class Thumbs(enum.StrEnum):
+    """A clinician's rating of an answer."""
+
+    UP = "up"
+    DOWN = "down"
+
+
 class AuditOutcome(enum.StrEnum):
     OK = "ok"
     DENIED = "denied"
@@ -174,6 +193,8 @@ class Consultation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: Bumped by every new message.
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Set when its owner deleted it (soft delete: see the module docstring).
+    deleted_at: Mapped[datetime | None]
 
 
 class Message(Base):
@@ -183,6 +204,7 @@ class Message(Base):
         UniqueConstraint("consultation_id", "seq"),
         Index(None, "model_variant_id"),
         Index(None, "replaces_id"),
+        Index(None, "parent_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -207,6 +229,26 @@ class Message(Base):
     replaces_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
     superseded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The message this one follows in the consultation's tree (see the module docstring).
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    #: The one child of its parent that the conversation continues with.
+    chosen: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AnswerFeedback(Base):
+    """A user's thumbs up or down on an answer, with an optional comment: one per user and
+    answer, changed in place (`storage.feedback.set_feedback`)."""
+
+    __tablename__ = "answer_feedback"
+    __table_args__ = (UniqueConstraint("message_id", "user_id"), Index(None, "user_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    thumbs: Mapped[Thumbs] = mapped_column(_enum_column(Thumbs))
+    comment: Mapped[str | None] = mapped_column(String(FEEDBACK_COMMENT_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Attachment(Base):
@@ -310,3 +352,255 @@ class AuditEvent(Base):
     target_id: Mapped[str | None] = mapped_column(String(TARGET_ID_LENGTH))
     outcome: Mapped[AuditOutcome] = mapped_column(_enum_column(AuditOutcome))
     detail: Mapped[dict[str, Any] | None]
+
+
+# --- Compare: imported cases, blind side-by-side comparisons and their votes ----------------
+# (storage/cases.py, storage/compare.py, storage/votes.py; rules in storage/access.py)
+
+#: A case's id in its source data set (CMtMedQA ids are numbers; kept as text).
+SOURCE_ID_LENGTH = 100
+#: A case category (CMtMedQA `cate1`/`cate2`: "内科", "消化内科").
+CATEGORY_LENGTH = 100
+#: A client-made key (a UUID is 36 characters) that makes a vote's retries one vote.
+IDEMPOTENCY_KEY_LENGTH = 64
+#: A prompt language code ("en", "zh-CN"): model.prompt.SYSTEM_PROMPTS keys.
+LANGUAGE_LENGTH = 16
+
+
+class CaseFormat(enum.StrEnum):
+    """The file a case set was read from (docs/design.md, "Case files")."""
+
+    PULSEMIND_JSONL = "pulsemind_jsonl"
+    CMTMEDQA = "cmtmedqa"
+
+
+class CompareSource(enum.StrEnum):
+    """Where a comparison's context comes from."""
+
+    CASE = "case"
+    CONSULTATION = "consultation"  # the clinician compare mode: their own consultation
+    AD_HOC = "ad_hoc"  # a patient turn typed by the annotator
+
+
+class Side(enum.StrEnum):
+    A = "a"
+    B = "b"
+
+
+class Preference(enum.StrEnum):
+    """A vote on one dimension (proactiveness, accuracy, usefulness, language quality)."""
+
+    A = "a"
+    B = "b"
+    TIE = "tie"
+
+
+class Overall(enum.StrEnum):
+    """The overall vote."""
+
+    A = "a"
+    B = "b"
+    TIE = "tie"
+    BOTH_BAD = "both_bad"
+
+
+class CompareTurnState(enum.StrEnum):
+    ANSWERING = "answering"  # both answers are being written
+    ANSWERED = "answered"  # both answers recorded, however they ended
+    VOTED = "voted"
+
+
+class CaseSet(Base):
+    """One imported case file (`pulsemind cases load`)."""
+
+    __tablename__ = "case_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    format: Mapped[CaseFormat] = mapped_column(_enum_column(CaseFormat))
+    #: sha256 of the file as read: which version of a data set this is.
+    file_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    case_count: Mapped[int] = mapped_column(Integer)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Case(Base):
+    """An imported consultation: patient turns with the reference doctor's answers."""
+
+    __tablename__ = "cases"
+    __table_args__ = (UniqueConstraint("case_set_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_set_id: Mapped[int] = mapped_column(ForeignKey("case_sets.id", ondelete="CASCADE"))
+    #: 1, 2, 3, ... in the order of the file.
+    position: Mapped[int] = mapped_column(Integer)
+    source_id: Mapped[str | None] = mapped_column(String(SOURCE_ID_LENGTH))
+    cate1: Mapped[str | None] = mapped_column(String(CATEGORY_LENGTH))
+    cate2: Mapped[str | None] = mapped_column(String(CATEGORY_LENGTH))
+
+
+class CaseTurn(Base):
+    """One patient turn of a case and the reference doctor's answer to it."""
+
+    __tablename__ = "case_turns"
+    __table_args__ = (UniqueConstraint("case_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    patient_text: Mapped[str] = mapped_column(Text)
+    #: None only on a case's last turn (the question the models answer without a reference).
+    reference_answer: Mapped[str | None] = mapped_column(Text)
+
+
+class CaseTurnAttachment(Base):
+    """The files (images, reports) of a case turn, in order; stored as any upload is."""
+
+    __tablename__ = "case_turn_attachments"
+    __table_args__ = (
+        UniqueConstraint("case_turn_id", "position"),
+        Index(None, "attachment_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_turn_id: Mapped[int] = mapped_column(ForeignKey("case_turns.id", ondelete="CASCADE"))
+    attachment_id: Mapped[int] = mapped_column(ForeignKey("attachments.id", ondelete="RESTRICT"))
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class Comparison(Base):
+    """One compare session: who, from which context, in which prompt language."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (
+        Index(None, "creator_id", "created_at"),
+        Index(None, "case_id"),
+        Index(None, "consultation_id"),
+        Index(None, "up_to_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    creator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    source: Mapped[CompareSource] = mapped_column(_enum_column(CompareSource))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="RESTRICT"))
+    #: Clinician compare mode. A deleted consultation leaves the comparison and its votes
+    #: (the turns' snapshots keep the ids and hashes of what was shown).
+    consultation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("consultations.id", ondelete="SET NULL")
+    )
+    #: The consultation's message the first turn answered.
+    up_to_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    language: Mapped[str] = mapped_column(String(LANGUAGE_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonTurn(Base):
+    """One question answered by two variants side by side, and exactly what they were sent.
+
+    `context` is the snapshot of the history before the question: per message its role, a
+    reference (case turn, consultation message, or an earlier turn's question/kept answer),
+    the sha256 of its text and its attachments as (id, sha256); the question itself is
+    `prompt_text` with `comparison_turn_attachments`. `context_sha256` hashes all of it.
+    """
+
+    __tablename__ = "comparison_turns"
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "position"),
+        Index(None, "prompt_message_id"),
+        Index(None, "prompt_case_turn_id"),
+        Index(None, "kept_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="RESTRICT"))
+    position: Mapped[int] = mapped_column(Integer)
+    state: Mapped[CompareTurnState] = mapped_column(_enum_column(CompareTurnState))
+    context: Mapped[dict[str, Any]]
+    context_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    prompt_text: Mapped[str] = mapped_column(Text)
+    prompt_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    prompt_case_turn_id: Mapped[int | None] = mapped_column(
+        ForeignKey("case_turns.id", ondelete="RESTRICT")
+    )
+    #: The case's doctor answer to this question, when there is one (for judges, exports).
+    reference_answer: Mapped[str | None] = mapped_column(Text)
+    #: The blind side assignment: which variant answered as A, which as B.
+    variant_a_id: Mapped[int] = mapped_column(ForeignKey("model_variants.id", ondelete="RESTRICT"))
+    variant_b_id: Mapped[int] = mapped_column(ForeignKey("model_variants.id", ondelete="RESTRICT"))
+    #: The answer that became shared history (the next turn's context), once chosen.
+    kept_side: Mapped[Side | None] = mapped_column(_enum_column(Side))
+    #: Clinician mode: the consultation message the kept answer was stored as.
+    kept_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonTurnAttachment(Base):
+    """The files of a turn's question, in order (whatever the question came from)."""
+
+    __tablename__ = "comparison_turn_attachments"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "position"),
+        Index(None, "attachment_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("comparison_turns.id", ondelete="RESTRICT"))
+    attachment_id: Mapped[int] = mapped_column(ForeignKey("attachments.id", ondelete="RESTRICT"))
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class ComparisonResponse(Base):
+    """One side's answer, recorded however it ended (two per turn)."""
+
+    __tablename__ = "comparison_responses"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "side"),
+        Index(None, "variant_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("comparison_turns.id", ondelete="RESTRICT"))
+    side: Mapped[Side] = mapped_column(_enum_column(Side))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("model_variants.id", ondelete="RESTRICT"))
+    text: Mapped[str] = mapped_column(Text)
+    sampling_params: Mapped[dict[str, Any] | None]
+    finish_reason: Mapped[FinishReason] = mapped_column(_enum_column(FinishReason))
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    first_token_ms: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Vote(Base):
+    """A voter's judgement of one turn's two answers. Never changed, never deleted."""
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "voter_id"),
+        Index(None, "voter_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("comparison_turns.id", ondelete="RESTRICT"))
+    voter_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    proactiveness: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    accuracy: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    usefulness: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    language_quality: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    overall: Mapped[Overall] = mapped_column(_enum_column(Overall))
+    safety_flag_a: Mapped[bool] = mapped_column(Boolean)
+    safety_flag_b: Mapped[bool] = mapped_column(Boolean)
+    comment: Mapped[str | None] = mapped_column(Text)
+    #: From the later of the two answers finishing to the vote's commit.
+    time_to_vote_ms: Mapped[int | None] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,8 +16,15 @@ from storage.models import (
     EMBEDDED_ENDPOINT,
     AttachmentKind,
     AuditOutcome,
+    CaseFormat,
+    CompareSource,
+    CompareTurnState,
     FinishReason,
     MessageRole,
+    Overall,
+    Preference,
+    Side,
+    Thumbs,
     UserRole,
 )
 
@@ -96,6 +103,7 @@ class ConsultationRecord:
     title: str
     created_at: datetime
     updated_at: datetime
+    deleted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,35 @@ class MessageRecord:
     error: str | None = None
     replaces_id: int | None = None
     superseded: bool = False
+    parent_id: int | None = None
+    chosen: bool = True
     attachments: tuple[AttachmentRecord, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class AnswerVersions:
+    """The versions of one answer (the answers to the same question), oldest first, and
+    which of them the consultation continues with (`storage.messages.answer_versions`)."""
+
+    consultation_id: int
+    versions: tuple[MessageRecord, ...]
+    current_id: int
+
+    @property
+    def current_number(self) -> int:
+        """1-based, as shown: ‹current_number / len(versions)›."""
+        return next(i for i, m in enumerate(self.versions, 1) if m.id == self.current_id)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    id: int
+    message_id: int
+    user_id: int
+    thumbs: Thumbs
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -184,3 +220,151 @@ class AuditRecord:
     target_id: str | None
     outcome: AuditOutcome
     detail: dict[str, Any] | None
+
+
+# --- Compare: cases, comparisons, answers, votes ------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCaseTurn:
+    """A patient turn of a case to import; its files already through intake."""
+
+    patient_text: str
+    reference_answer: str | None
+    attachments: Sequence[NewAttachment] = ()
+
+
+@dataclass(frozen=True)
+class NewCase:
+    """A consultation to import (`storage.cases.import_case_set`)."""
+
+    turns: Sequence[NewCaseTurn]
+    source_id: str | None = None
+    cate1: str | None = None
+    cate2: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseSetRecord:
+    id: int
+    name: str
+    format: CaseFormat
+    file_sha256: str
+    case_count: int
+    created_by_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseTurnRecord:
+    id: int
+    case_id: int
+    position: int
+    patient_text: str
+    reference_answer: str | None
+    attachments: tuple[AttachmentRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    id: int
+    case_set_id: int
+    position: int
+    source_id: str | None
+    cate1: str | None
+    cate2: str | None
+    turns: tuple[CaseTurnRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    id: int
+    creator_id: int
+    source: CompareSource
+    case_id: int | None
+    consultation_id: int | None
+    up_to_message_id: int | None
+    language: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    """One side's answer of a compare turn."""
+
+    id: int
+    turn_id: int
+    side: Side
+    variant_id: int
+    text: str
+    sampling_params: dict[str, Any] | None
+    finish_reason: FinishReason
+    error: str | None
+    latency_ms: int | None
+    first_token_ms: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finished_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """Ended on its own (stop or length): the only answers a vote may judge."""
+        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+
+@dataclass(frozen=True)
+class CompareTurnRecord:
+    """A compare turn; `responses` in side order (A, B) as far as recorded, `attachments` are
+    its question's files. Variant ids are here: show them only after the vote."""
+
+    id: int
+    comparison_id: int
+    position: int
+    state: CompareTurnState
+    context: dict[str, Any]
+    context_sha256: str
+    prompt_text: str
+    prompt_message_id: int | None
+    prompt_case_turn_id: int | None
+    reference_answer: str | None
+    variant_a_id: int
+    variant_b_id: int
+    kept_side: Side | None
+    kept_message_id: int | None
+    created_at: datetime
+    responses: tuple[ResponseRecord, ...] = ()
+    attachments: tuple[AttachmentRecord, ...] = ()
+
+    def response(self, side: Side | str) -> ResponseRecord | None:
+        return next((r for r in self.responses if r.side == side), None)
+
+    def variant_id(self, side: Side | str) -> int:
+        return self.variant_a_id if side == Side.A else self.variant_b_id
+
+
+@dataclass(frozen=True)
+class ContextMessage:
+    """A message of a compare turn's context, resolved from its snapshot (what the models
+    were sent); shaped like `MessageRecord` for `model.prompt.to_chat_messages`."""
+
+    role: MessageRole
+    text: str
+    attachments: tuple[AttachmentRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoteRecord:
+    id: int
+    turn_id: int
+    voter_id: int
+    proactiveness: Preference
+    accuracy: Preference
+    usefulness: Preference
+    language_quality: Preference
+    overall: Overall
+    safety_flag_a: bool
+    safety_flag_b: bool
+    comment: str | None
+    time_to_vote_ms: int | None
+    idempotency_key: str
+    created_at: datetime

@@ -161,7 +161,7 @@ def test_consult_upload_stream_reload_reopen(chromium, demo_app, tmp_path: Path)
     page = context.new_page()
     try:
         log_in(page, url, "alice")
-        assert "running on the small built-in demo model" in page.locator("body").inner_text()
+        assert "not for patient care" in page.locator("body").inner_text()
 
         box = page.locator("#consult-input")
         box.locator("input[type=file]").set_input_files(str(png))

@@ -84,3 +84,50 @@ def test_rules_and_messages_without_a_browser(tab, tmp_path):
         h.send(u["alice"], {"text": "x", "files": [{"path": str(fake), "orig_name": "scan.dcm"}]},
                None)  # fmt: skip
     assert "scan.dcm" in str(exc.value)
+
+
+def test_list_delete_versions_and_rating_as_the_page_uses_them(tab):
+    from storage import InvalidInput, list_consultations
+
+    h, db, u = tab
+    alice = u["alice"]
+    assert h.new_consultation(alice) == ({"__type__": "update", "value": None}, [], "")
+    assert list_consultations(db, alice.id) == [], "the button stores nothing"
+    dropdown, *_ = h.send(alice, {"text": "**Cough** for a week", "files": []}, None)
+    cid = dropdown["value"]
+    list(h.answer(alice, cid, "demo"))
+    first = history(db, cid)[-1].id
+    list(h.retry(alice, cid, "demo"))
+    second = history(db, cid)[-1].id
+
+    picker = h.answer_choices(alice, cid)
+    assert [v for _, v in picker["choices"]] == [second] and picker["value"] == second
+    versions, up, down, comment = h.show_answer(alice, cid, second)
+    assert versions["choices"] == [("1/2", first), ("2/2", second)]
+    assert versions["value"] == second and comment == ""
+    assert (up["variant"], down["variant"]) == ("secondary", "secondary")
+    up, down = h.rate(alice, second, "up", "Helpful")
+    assert (up["variant"], down["variant"]) == ("primary", "secondary")
+    _, up, _, comment = h.show_answer(alice, cid, second)
+    assert up["variant"] == "primary" and comment == "Helpful"
+    with pytest.raises(InvalidInput):
+        h.rate(alice, None, "up", "")
+    with pytest.raises(PermissionDenied):
+        h.rate(u["root"], second, "down", "")  # an admin reads, never rates, there
+    assert h.show_answer(u["root"], cid, second)[0]["value"] == second
+
+    chat, picker = h.pick_version(alice, cid, first)
+    assert picker["value"] == first and [m.id for m in history(db, cid)][-1] == first
+    assert chat[-1]["content"] == history(db, cid)[-1].text
+    with pytest.raises(PermissionDenied):
+        h.pick_version(u["bob"], cid, second)
+
+    (label, value), = h.filter_list(alice, "COUGH", None)["choices"]
+    assert value == cid and label.startswith(f"Cough for a week · #{cid} · ")
+    assert h.filter_list(alice, "fever", None)["choices"] == []
+    with pytest.raises(PermissionDenied):
+        h.remove(u["bob"], cid, "")
+    dropdown, chat, title = h.remove(alice, cid, "")
+    assert dropdown["choices"] == [] and dropdown["value"] is None and chat == []
+    with pytest.raises(NotFound, match="deleted"):
+        h.open_consultation(alice, cid)

@@ -153,7 +153,7 @@ def test_upgrade_matches_models_and_downgrade_drops_everything(tmp_path, monkeyp
     head = ScriptDirectory.from_config(config).get_current_head()
     assert db.current_revision() is None
     db.upgrade()
-    assert db.current_revision() == head == "0002"
+    assert db.current_revision() == head == "0004"
 
     def diff() -> list:
         with db.engine.connect() as conn:
@@ -368,11 +368,11 @@ def test_multi_turn_with_attachments_and_dedupe(db: Database, people):
     assert user_can_access_attachment(db, bob.id, xray_id)
     assert count(db, Attachment) == 2
 
-    delete_consultation(db, c.id, alice.id)
+    delete_consultation(db, c.id, alice.id)  # soft: hidden from her, kept for audit
     assert not user_can_access_attachment(db, alice.id, xray_id)
-    assert count(db, Message) == 1  # Bob's turn only: Alice's were deleted with hers
-    assert count(db, MessageAttachment) == 1
-    assert count(db, Attachment) == 2  # shared rows stay
+    assert user_can_access_attachment(db, root.id, xray_id)
+    assert count(db, Message) == 5 and count(db, MessageAttachment) == 4
+    assert count(db, Attachment) == 2
 
 
 def test_regenerate_supersedes_and_history_follows_current_branch(db: Database, people):
