@@ -139,6 +139,26 @@ def _image_record(image: AttachmentImage, *, with_png: bool) -> ImageRecord:
     return from_row(ImageRecord, image, **({} if with_png else {"png": None, "sent": None}))
 
 
+def _images_of(
+    session: Session, attachment_ids: Iterable[int], *, with_png: bool
+) -> dict[int, list[ImageRecord]]:
+    """The derived images of each attachment, in position order (bytes only `with_png`)."""
+    ids = set(attachment_ids)
+    if not ids:
+        return {}
+    query = (
+        select(AttachmentImage)
+        .where(AttachmentImage.attachment_id.in_(ids))
+        .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
+    )
+    if with_png:
+        query = query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
+    images: dict[int, list[ImageRecord]] = {}
+    for image in session.scalars(query):
+        images.setdefault(image.attachment_id, []).append(_image_record(image, with_png=with_png))
+    return images
+
+
 def load_attachments(
     session: Session, message_ids: Iterable[int], *, with_png: bool
 ) -> dict[int, list[AttachmentRecord]]:
@@ -152,20 +172,7 @@ def load_attachments(
         .where(MessageAttachment.message_id.in_(ids))
         .order_by(MessageAttachment.message_id, MessageAttachment.position)
     ).all()
-    attachment_ids = {attachment.id for _, attachment in links}
-    image_query = (
-        select(AttachmentImage)
-        .where(AttachmentImage.attachment_id.in_(attachment_ids))
-        .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
-    )
-    if with_png:
-        image_query = image_query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
-    images: dict[int, list[ImageRecord]] = {}
-    if attachment_ids:
-        for image in session.scalars(image_query):
-            images.setdefault(image.attachment_id, []).append(
-                _image_record(image, with_png=with_png)
-            )
+    images = _images_of(session, {attachment.id for _, attachment in links}, with_png=with_png)
     result: dict[int, list[AttachmentRecord]] = {}
     for link, attachment in links:
         result.setdefault(link.message_id, []).append(
@@ -229,16 +236,7 @@ def attachments_by_id(
     ids = sorted(set(attachment_ids))
     if not ids:
         return {}
-    image_query = (
-        select(AttachmentImage)
-        .where(AttachmentImage.attachment_id.in_(ids))
-        .order_by(AttachmentImage.attachment_id, AttachmentImage.position)
-    )
-    if with_png:
-        image_query = image_query.options(undefer(AttachmentImage.png), undefer(AttachmentImage.sent))
-    images: dict[int, list[ImageRecord]] = {}
-    for image in session.scalars(image_query):
-        images.setdefault(image.attachment_id, []).append(_image_record(image, with_png=with_png))
+    images = _images_of(session, ids, with_png=with_png)
     return {
         a.id: from_row(AttachmentRecord, a, position=0, original_name="",
                        images=tuple(images.get(a.id, ())))  # fmt: skip
