@@ -218,16 +218,10 @@ class VLLMServer:
             return f"(no log: {exc})"
 
     def load_lora_adapter(self, name: str, path: str) -> None:
-        """Load an adapter into the running server (`/v1/load_lora_adapter`)."""
-        r = httpx.post(
-            f"{self.base_url}/load_lora_adapter",
-            json={"lora_name": name, "lora_path": str(path)},
-            timeout=120,
-        )
-        if r.status_code != 200:
-            raise RuntimeError(
-                f"loading adapter {name!r} failed: HTTP {r.status_code} {r.text[:300]}"
-            )
+        """Load an adapter into the running server (`model.lora.ensure_adapter_loaded`)."""
+        from model.lora import ensure_adapter_loaded
+
+        ensure_adapter_loaded(self.base_url, name, path)
 
     def kill(self) -> None:
         """SIGKILL the whole server process group (tests: a server that dies mid-answer)."""
