@@ -13,6 +13,8 @@
                           [--temperature T --top-p P --max-tokens N --seed S]
     pulsemind variant list | activate NAME | deactivate NAME        # model variants in Compare
     pulsemind cases load FILE [--name SET] [--format jsonl|cmtmedqa] # import a case set
+    pulsemind export --kind sft|pairs|crpo OUT [--include-flagged] [--since ISO] [--policy V]
+    pulsemind leaderboard [--dimension F ...] [--csv DIR] [--plot FILE] [--as ADMIN]  # BT ratings
 
 Each subcommand imports what it needs when it runs, so `pulsemind --help` is instant.
 """
@@ -304,12 +306,113 @@ def build_parser() -> argparse.ArgumentParser:
         help="intake: files (default: built-in samples); consult: its options (--help)",
     )
     b.set_defaults(func=_cmd_bench)
+    _add_export_parser(sub)
+    _add_leaderboard_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """`pulsemind export --kind sft|pairs|crpo OUT`: a Hugging Face dataset (training/export.py)."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from storage import StorageError
+    from training.export import ExportConfig, NothingToExport, export_dataset
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+    except ValueError as exc:
+        raise SystemExit(f"pulsemind export: --since {args.since!r} is not an ISO time "
+                         "(e.g. 2026-01-01T00:00:00+00:00).") from exc  # fmt: skip
+    try:
+        config = ExportConfig(kind=args.kind, out=Path(args.out), include_flagged=args.include_flagged,
+                              since=since, policy=args.policy, language=args.language,
+                              progress=True)  # fmt: skip
+        rows = export_dataset(_database(args), config)
+    except NothingToExport as exc:
+        print(f"pulsemind export: {exc.user_message}", file=sys.stderr)
+        return 1
+    except StorageError as exc:
+        raise _fail("export", exc) from exc
+    print(f"exported {rows} {args.kind} rows to {args.out}")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser("export", help="training data as a Hugging Face dataset (save_to_disk)")
+    e.add_argument("--kind", choices=["sft", "pairs", "crpo"], required=True)
+    e.add_argument("out", help="dataset folder to create (must not exist)")
+    e.add_argument("--include-flagged", action="store_true",
+                   help="keep votes whose chosen answer carries a safety flag")  # fmt: skip
+    e.add_argument("--since", default=None, help="only data created at or after this ISO time")
+    e.add_argument("--policy", default=None, help="crpo: leave out this variant's own answers")
+    e.add_argument("--language", default="en", choices=["en", "zh-CN"],
+                   help="system prompt of consultation and case rows")  # fmt: skip
+    e.add_argument("--database-url", default=None)
+    e.set_defaults(func=_cmd_export)
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    """`pulsemind leaderboard`: Bradley-Terry ratings from the votes (training/leaderboard.py)."""
+    from storage import StorageError, get_user_by_name
+    from storage.leaderboard_data import leaderboard_rows
+    from training.leaderboard import (
+        LeaderboardConfig,
+        LeaderboardError,
+        build_leaderboard,
+        format_table,
+    )
+
+    db = _database(args)
+    try:
+        user_id = None
+        if args.as_user is not None:
+            user = get_user_by_name(db, args.as_user)
+            if user is None:
+                raise SystemExit(f"pulsemind leaderboard: no user {args.as_user!r}")
+            user_id = user.id
+        rows = leaderboard_rows(db, user_id=user_id)
+        config = LeaderboardConfig(bootstrap=args.bootstrap, seed=args.seed,
+                                   drop_flagged=args.drop_flagged)  # fmt: skip
+        board = build_leaderboard(rows, config, fields=args.dimension)
+    except LeaderboardError as exc:
+        print(f"pulsemind leaderboard: {exc}", file=sys.stderr)
+        return 1
+    except StorageError as exc:
+        raise _fail("leaderboard", exc) from exc
+    for name in args.dimension:
+        print(format_table(board, name), end="\n\n")
+    print(f"{len(board.flags.rows)} quality flags; agreement (double-annotated turns): "
+          + ", ".join(f"{a.field}={'-' if a.agreement is None else f'{a.agreement:.0%}'}"
+                      for a in board.agreement.rows))  # fmt: skip
+    if args.csv:
+        print(f"wrote {len(board.to_csv(args.csv))} CSV files to {args.csv}")
+    if args.plot:
+        print(f"wrote {board.plot(args.plot)}")
+    return 0
+
+
+def _add_leaderboard_parser(sub) -> None:
+    # storage.votes.DIMENSIONS and "overall", spelled out so `--help` imports nothing heavy.
+    fields = ["proactiveness", "accuracy", "usefulness", "language_quality", "overall"]
+    lb = sub.add_parser("leaderboard", help="admins: ratings of model variants from the votes")
+    lb.add_argument("--dimension", nargs="+", choices=fields, default=fields,
+                    help="fields to rate (default: all four dimensions and overall)")  # fmt: skip
+    lb.add_argument("--csv", default=None, help="write every table as CSV into this folder")
+    lb.add_argument("--plot", default=None, help="draw the ratings into this PNG file")
+    lb.add_argument("--as", dest="as_user", default=None,
+                    help="check that this user is an active admin before reading votes")  # fmt: skip
+    lb.add_argument("--bootstrap", type=int, default=200, help="resamples for the 95%% intervals")
+    lb.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    lb.add_argument("--drop-flagged", action="store_true",
+                    help="leave votes with quality flags out of the ratings")  # fmt: skip
+    lb.add_argument("--database-url", default=None)
+    lb.set_defaults(func=_cmd_leaderboard)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,25 @@ SERVER: dict[str, Entry] = {
         "en": 'The message must be {"text": "...", "files": [uploaded files]}.',
         "zh-CN": '消息格式应为 {"text": "...", "files": [已上传的文件]}。',
     },
+    # app/compare_api.py
+    "api.compare_source": {
+        "en": "Give one of: a message, a case id, a comparison turn id to continue (with a "
+        "message), or your consultation id.",
+        "zh-CN": "请只提供以下其中一项：一条消息、一个病例编号、要继续的对比轮次编号（附消息），"
+        "或您自己的会诊编号。",
+    },
+    "api.bad_vote": {
+        "en": "The vote must map proactiveness, accuracy, usefulness, language_quality and "
+        "overall to a, b or tie (overall also both_bad); safety_flag_a and safety_flag_b "
+        "are true or false; comment is text.",
+        "zh-CN": "投票须为 proactiveness、accuracy、usefulness、language_quality 和 overall "
+        "各选 a、b 或 tie（overall 还可选 both_bad）；safety_flag_a 和 safety_flag_b 为 true "
+        "或 false；comment 为文本。",
+    },
+    "api.bad_side": {
+        "en": 'The side must be "a" or "b".',
+        "zh-CN": '回答一侧须为 "a" 或 "b"。',
+    },
     "storage.too_many_files": {
         "en": "At most {n} files per message.",
         "zh-CN": "每条消息最多可附 {n} 个文件。",
@@ -235,6 +254,8 @@ NOUNS: dict[str, str] = {
     "annotator": "标注员",
     "admin": "管理员",
     "role": "角色",
+    "case": "病例",
+    "turn": "对比轮次",
 }
 
 

@@ -30,6 +30,7 @@ from loguru import logger
 from starlette.routing import Mount
 
 from app.auth import Auth
+from app.compare import Comparisons
 from app.config import AppConfig
 from app.edge import parse_id, parse_index, user_message
 from app.i18n import I18N, SERVER, error_text, t
@@ -141,7 +142,8 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     )
     uploads = Uploads()
     flow = Consultations(db, engines, uploads, checkpoint_s=config.checkpoint_s)
-    blocks = build_ui(config, db, auth, flow)
+    comparisons = Comparisons(db, engines, uploads)  # the same engines and uploads
+    blocks = build_ui(config, db, auth, flow, comparisons)
     blocks.max_threads = config.concurrency + 16
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -205,6 +207,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     gradio_app = next(r.app for r in api.routes if isinstance(r, Mount))
     api.add_middleware(LoginHint, db=db, blocks=blocks)
     api.router.on_shutdown.append(flow.close)  # turns being stored finish; the writer ends
+    api.router.on_shutdown.append(comparisons.close)
     return api, blocks
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import gradio as gr
 
 from app.auth import CLINICAL, Auth
+from app.compare import Comparisons
+from app.compare_api import build_compare_api
 from app.config import AppConfig
 from app.consult_api import build_consult_api
 from app.consult_tab import build_consult_tab
@@ -53,7 +55,8 @@ class _AfterRoleCheck:
 
 
 def build_ui(
-    config: AppConfig, db: Database, auth: Auth, flow: Consultations
+    config: AppConfig, db: Database, auth: Auth, flow: Consultations,
+    comparisons: Comparisons | None = None,
 ) -> gr.Blocks:
     with gr.Blocks(title="PulseMind", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="app-header"):
@@ -96,4 +99,6 @@ def build_ui(
                                show_progress="hidden")  # fmt: skip
         load_consult(_AfterRoleCheck(blocks, gate))
         build_consult_api(auth, flow, config.concurrency)
+        if comparisons is not None:
+            build_compare_api(auth, comparisons, config.concurrency)
     return blocks

@@ -210,26 +210,34 @@ def turn_context(
     db: Database, turn_id: int, *, user_id: int, with_png: bool = False
 ) -> list[ContextMessage]:
     """What the turn's models were sent, as messages for `model.prompt.to_chat_messages`:
-    the history, then the question. Every text and file is checked against the snapshot's
-    hashes (Conflict if something shown was changed or deleted since)."""
+    the history, then the question, if `user_id` may read the turn (`resolve_context`)."""
     with db.transaction(write=False) as session:
         turn, _ = access_compare_turn(session, turn_id, user_id, write=False)
-        items = [*turn.context["history"], turn.context["prompt"]]
-        files = attachments_by_id(session, [f["id"] for i in items for f in i.get("attachments", ())],
-                                  with_png=with_png)  # fmt: skip
-        out = []
-        for n, item in enumerate(items):
-            text = turn.prompt_text if n == len(items) - 1 else _resolve(session, item, turn)
-            attachments = []
-            for position, f in enumerate(item.get("attachments", ())):
-                found = files.get(f["id"])
-                if found is None or found.sha256 != f["sha256"]:
-                    text = None
-                    break
-                attachments.append(replace(found, position=position))
-            if text is None or text_sha256(text) != item["text_sha256"]:
-                logger.warning("compare turn id={}: context item {} changed", turn_id, n)
-                raise Conflict(f"turn {turn_id} context item {n} changed",
-                               user_message=_say("context_changed"))  # fmt: skip
-            out.append(ContextMessage(MessageRole(item["role"]), text, tuple(attachments)))
-        return out
+        return resolve_context(session, turn, with_png=with_png)
+
+
+def resolve_context(
+    session: Session, turn: ComparisonTurn, *, with_png: bool
+) -> list[ContextMessage]:
+    """The turn's snapshot resolved to messages, every text and file checked against its hashes
+    (Conflict if something shown was changed or deleted since). No reader check: callers
+    decide (`turn_context` checks; an operator's export trusts itself)."""
+    items = [*turn.context["history"], turn.context["prompt"]]
+    files = attachments_by_id(session, [f["id"] for i in items for f in i.get("attachments", ())],
+                              with_png=with_png)  # fmt: skip
+    out = []
+    for n, item in enumerate(items):
+        text = turn.prompt_text if n == len(items) - 1 else _resolve(session, item, turn)
+        attachments = []
+        for position, f in enumerate(item.get("attachments", ())):
+            found = files.get(f["id"])
+            if found is None or found.sha256 != f["sha256"]:
+                text = None
+                break
+            attachments.append(replace(found, position=position))
+        if text is None or text_sha256(text) != item["text_sha256"]:
+            logger.warning("compare turn id={}: context item {} changed", turn.id, n)
+            raise Conflict(f"turn {turn.id} context item {n} changed",
+                           user_message=_say("context_changed"))  # fmt: skip
+        out.append(ContextMessage(MessageRole(item["role"]), text, tuple(attachments)))
+    return out
