@@ -328,6 +328,13 @@ class Comparisons:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def add_patient_turn(
+        self, user: UserRecord, consultation_id: int, text: str, files: Sequence = ()
+    ) -> None:
+        """Clinician mode: add the next patient turn to the caller's own consultation (the
+        Consult rules: owner only, the caller's own uploads, intake first), then `start`."""
+        self._consult.add_turn(user, consultation_id, text, files)
+
     def draw(self) -> tuple[VariantRecord, VariantRecord]:
         """Two different active variants (side A, side B) as `CompareConfig` weighs them."""
         return draw_pair(list_active_variants(self.db), self.config, self.rng)

@@ -77,7 +77,7 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
             pair = comparisons.start(user, FromCase(case), language=language)
         elif cid is not None:
             if text or files:  # takes only the caller's own uploads (Consultations.take_in)
-                comparisons._consult.add_turn(user, cid, text, files)
+                comparisons.add_patient_turn(user, cid, text, files)
             pair = comparisons.start(user, FromConsultation(cid), language=language)
         else:
             if message is None:
