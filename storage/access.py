@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from loguru import logger
 from sqlalchemy import exists, select
@@ -59,6 +60,16 @@ ADMINS_ONLY_MESSAGE = (
 )
 
 
+T = TypeVar("T")
+
+
+def _row(session: Session, model: type[T], row_id: int, *, lock: bool) -> T | None:
+    """The row of `model` with this id, locked until the transaction ends if `lock`
+    (PostgreSQL `FOR UPDATE`; SQLite writers are serialised anyway)."""
+    query = select(model).where(model.id == row_id)
+    return session.scalar(query.with_for_update() if lock else query)
+
+
 def active_user(session: Session, user_id: int) -> User:
     """The user row, if it exists and is active; PermissionDenied otherwise."""
     user = session.get(User, user_id)
@@ -79,10 +90,7 @@ def access_consultation(
     anyway), which serialises writers appending to the same consultation.
     """
     user = active_user(session, user_id)
-    query = select(Consultation).where(Consultation.id == consultation_id)
-    if lock:
-        query = query.with_for_update()
-    consultation = session.scalar(query)
+    consultation = _row(session, Consultation, consultation_id, lock=lock)
     if consultation is None:
         raise NotFound(f"consultation {consultation_id} does not exist")
     deleted = consultation.deleted_at is not None
@@ -221,10 +229,7 @@ def access_comparison(
     consultation). Reading: its creator, whoever voted in it, admins. NotFound if absent.
     """
     user = active_user(session, user_id)
-    query = select(Comparison).where(Comparison.id == comparison_id)
-    if lock:
-        query = query.with_for_update()
-    comparison = session.scalar(query)
+    comparison = _row(session, Comparison, comparison_id, lock=lock)
     if comparison is None:
         raise NotFound(f"comparison {comparison_id} does not exist")
     if comparison.creator_id == user_id:
@@ -251,10 +256,7 @@ def access_compare_turn(
     """The turn and its comparison, as `access_comparison` allows; `lock` locks the turn row
     (PostgreSQL `FOR UPDATE`), which serialises votes and answers recorded on one turn."""
     active_user(session, user_id)
-    query = select(ComparisonTurn).where(ComparisonTurn.id == turn_id)
-    if lock:
-        query = query.with_for_update()
-    turn = session.scalar(query)
+    turn = _row(session, ComparisonTurn, turn_id, lock=lock)
     if turn is None:
         raise NotFound(f"compare turn {turn_id} does not exist")
     return turn, access_comparison(session, turn.comparison_id, user_id, write=write)

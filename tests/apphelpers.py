@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -65,3 +66,15 @@ def png_bytes_of(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def demo_case_file(folder: Path) -> Path:
+    """A one-case JSONL case file (Chinese, two patient turns, an image on the first)."""
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    png_file(folder / "imgs" / "rash.png", 5, size=(160, 120))
+    cases = folder / "cases.jsonl"
+    cases.write_text(json.dumps({"id": "c1", "cate1": "皮肤科", "turns": [
+        {"patient": "手臂上起了红疹，很痒。", "images": ["imgs/rash.png"], "doctor": "多久了？"},
+        {"patient": "三天了。"}]}, ensure_ascii=False) + "\n", "utf-8")  # fmt: skip
+    return cases
+

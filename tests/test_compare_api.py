@@ -8,13 +8,12 @@ Run: OMP_NUM_THREADS=1 python -m pytest tests/test_compare_api.py -q   (starts v
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 from contextlib import closing
 
 import httpx
 import pytest
-from apphelpers import PASSWORD, login, make_users, png_file, running_app
+from apphelpers import PASSWORD, demo_case_file, login, make_users, png_file, running_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_attacks import LEAKS
@@ -45,12 +44,7 @@ def world(vllm_server, adapter_dir, tmp_path_factory):
     db.upgrade()
     make_users(db)
     create_user(db, "ann2", PASSWORD, "annotator")
-    (tmp / "imgs").mkdir()
-    png_file(tmp / "imgs" / "rash.png", 5, size=(160, 120))
-    cases = tmp / "cases.jsonl"
-    cases.write_text(json.dumps({"id": "c1", "cate1": "皮肤科", "turns": [
-        {"patient": "手臂上起了红疹，很痒。", "images": ["imgs/rash.png"], "doctor": "多久了？"},
-        {"patient": "三天了。"}]}, ensure_ascii=False) + "\n", "utf-8")  # fmt: skip
+    cases = demo_case_file(tmp)
     load_case_file(db, cases, name="demo")
     config = AppConfig(model_url=vllm_server.base_url, model="tiny", variant_name="tiny",
                        data_dir=str(tmp / "db"), port=0)  # fmt: skip

@@ -7,7 +7,6 @@ Run: OMP_NUM_THREADS=1 python -m pytest tests/test_compare_flow.py -q   (starts 
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from storage import (
     record_vote,
     turn_context,
 )
-from tests.apphelpers import png_file
+from tests.apphelpers import demo_case_file, png_file
 
 PASSWORD = "correct horse battery"
 #: Answers of a known length (the end token is held back): long enough to see both stream.
@@ -54,12 +53,7 @@ def world(vllm_server, adapter_dir, tmp_path_factory):
     ensure_model_variant(db, "tiny", vllm_server.base_url, "tiny", sampling_defaults=SAMPLING)
     ensure_model_variant(db, "a1", vllm_server.base_url, "a1", adapter_path=str(adapter_dir),
                          parent="tiny", sampling_defaults=SAMPLING)  # fmt: skip
-    (tmp / "imgs").mkdir()
-    png_file(tmp / "imgs" / "rash.png", 5, size=(160, 120))
-    cases = tmp / "cases.jsonl"
-    cases.write_text(json.dumps({"id": "c1", "cate1": "皮肤科", "turns": [
-        {"patient": "手臂上起了红疹，很痒。", "images": ["imgs/rash.png"], "doctor": "多久了？"},
-        {"patient": "三天了。"}]}, ensure_ascii=False) + "\n", "utf-8")  # fmt: skip
+    cases = demo_case_file(tmp)
     case_set = load_case_file(db, cases, name="demo")
     uploads = Uploads()
     flow = Comparisons(db, EngineRegistry(), uploads, config=CompareConfig(seed=3))
