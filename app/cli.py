@@ -74,21 +74,10 @@ def _cmd_intake(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "consult":
-        from app.bench.consult import bench_consult_main
+    """`pulsemind bench WHAT [options]`: each benchmark is `app.bench.WHAT.main(argv)`."""
+    import importlib
 
-        return bench_consult_main(args.rest)
-    if args.what == "intake":
-        from pathlib import Path
-
-        from app.bench.intake import bench_intake_main
-
-        return bench_intake_main([Path(f) for f in args.rest] or None)
-    if args.what == "deid":
-        from app.bench.deid import bench_deid_main
-
-        return bench_deid_main()
-    raise SystemExit(f"unknown benchmark {args.what!r}")
+    return importlib.import_module(f"app.bench.{args.what}").main(args.rest)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -215,6 +204,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+#: `pulsemind bench WHAT`: a module app/bench/WHAT.py with `main(argv) -> int`.
+BENCHMARKS = ["intake", "consult", "deid", "compare", "reward", "sft"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pulsemind", description=__doc__.split("\n")[0])
     p.add_argument("--version", action=_Version, nargs=0, help="version and checkout; exit")
@@ -299,11 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_intake)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios")
-    b.add_argument("what", choices=["intake", "consult", "deid"])
+    b.add_argument("what", choices=BENCHMARKS)
     b.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
-        help="intake: files (default: built-in samples); consult: its options (--help)",
+        help="the benchmark's own options (pulsemind bench WHAT --help)",
     )
     b.set_defaults(func=_cmd_bench)
     _add_export_parser(sub)

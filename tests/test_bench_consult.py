@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from app.bench.consult import BenchConsultConfig, bench_consult_main
+from app.bench.consult import BenchConsultConfig
+from app.bench.consult import main as bench_consult
 from app.bench.stats import Sample, batch_stats, format_report, summarize
 
 
@@ -34,14 +35,14 @@ def test_rates_and_ratios_are_computed_from_the_samples():
 
 
 def test_model_url_needs_a_model_name(capsys):
-    assert bench_consult_main(["--model-url", "http://127.0.0.1:9/v1"]) == 2
+    assert bench_consult(["--model-url", "http://127.0.0.1:9/v1"]) == 2
     assert "--model" in capsys.readouterr().err
 
 
 @pytest.mark.vllm
 def test_quick_run_measures_both_paths(vllm_server, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = bench_consult_main([
+    rc = bench_consult([
         "--model-url", vllm_server.base_url, "--model", "tiny", "--concurrency", "1", "2",
         "--repeats", "1", "--max-tokens", "16", "--json", str(out),
     ])  # fmt: skip

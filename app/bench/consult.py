@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bench_consult_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`pulsemind bench consult ...`); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:

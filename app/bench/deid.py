@@ -1,6 +1,6 @@
 """`pulsemind bench deid`: how well the identifier recognizer does on the synthetic corpus.
 
-    python -c "from app.bench.deid import bench_deid_main; bench_deid_main()"
+    pulsemind bench deid
 
 Builds `model.intake.deid_corpus`, runs `model.intake.phi.find_identifiers` on every document
 and prints, overall and per language (en, zh, mixed):
@@ -126,7 +126,7 @@ def score_pdf(doc: CorpusDoc) -> tuple[list[str], list[str]]:
     return leaks, lost
 
 
-def bench_deid_main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print the report; 0 when every goal is met, else 1."""
     from model.intake.phi import load
 

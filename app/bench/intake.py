@@ -224,7 +224,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_intake_main(files: list[Path] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry (`pulsemind bench intake [FILE...]`)."""
-    bench_intake(files)
+    bench_intake([Path(f) for f in argv or []] or None)
     return 0
