@@ -12,6 +12,7 @@ the page reaches the same methods through small private events that render their
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 
@@ -19,6 +20,7 @@ import gradio as gr
 
 import storage
 from app.auth import CLINICAL, Auth
+from app.compare import Comparisons, FromConsultation
 from app.config import AppConfig
 from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id, parse_index
@@ -26,7 +28,9 @@ from app.i18n import SERVER, error_text, i18n, t, translate
 from app.language import current_language
 from app.workflow import Answer, Consultations
 from storage import (
+    DIMENSIONS,
     AnswerVersions,
+    CompareTurnRecord,
     ConsultationRecord,
     Database,
     InvalidInput,
@@ -153,8 +157,8 @@ class ConsultHandlers:
     and no request inside, so tests call them directly; `build_consult_tab` wraps each in
     `Auth.guard` (role check, errors in users' words) and wires it to the page."""
 
-    def __init__(self, db: Database, flow: Consultations):
-        self.db, self.flow = db, flow
+    def __init__(self, db: Database, flow: Consultations, comparisons: Comparisons | None = None):
+        self.db, self.flow, self.comparisons = db, flow, comparisons
 
     def refresh(self, user: UserRecord, current: int | None):
         variants = list_active_variants(self.db)
@@ -256,6 +260,57 @@ class ConsultHandlers:
         for chat_value in self._stream(user, answer):
             yield chat_value, _status(answer)
 
+    # --- clinician compare mode: two answers side by side, the pick continues ------------
+
+    def compare_available(self, user: UserRecord):
+        """The compare switch shows when two variants can be compared."""
+        usable = self.comparisons is not None and len(list_active_variants(self.db)) >= 2
+        return gr.update(visible=usable, value=False if not usable else gr.skip())
+
+    def compare(self, user: UserRecord, cid: int | None):
+        """Two variants answer the consultation's last turn side by side (blind); the pick
+        buttons unlock when both answers ended on their own. Outputs: answer A, answer B,
+        the compare turn id, the pick's idempotency key, pick A, pick B, the panel, status."""
+        cid = optional_id(cid, "consultation")
+        if cid is None:
+            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+        if self.comparisons is None:
+            raise InvalidInput("compare mode off", user_message=t("consult.compare.unpickable"))
+        pair = self.comparisons.start(user, FromConsultation(cid), language=current_language())
+        key = str(uuid.uuid4())  # one pick per turn: a double click or a resend is the same vote
+        locked = gr.update(interactive=False)
+        shown = gr.update(visible=True)
+        streaming = t("consult.compare.streaming")
+        yield "", "", pair.turn.id, key, locked, locked, shown, streaming
+        with closing(iter(pair)) as updates:
+            for a, b in updates:
+                yield a, b, pair.turn.id, key, locked, locked, shown, streaming
+        turn = pair.turn
+        texts, pickable = _pair_texts(turn)
+        unlock = gr.update(interactive=pickable)
+        note = "" if pickable else t("consult.compare.unpickable")
+        yield texts["a"], texts["b"], turn.id, key, unlock, unlock, shown, note
+
+    def pick(self, user: UserRecord, cid: int | None, turn_id: int | None, key: str | None,
+             side: str, *dimensions: str | None):  # fmt: skip
+        """The clinician's pick (overall A or B; the four dimensions optional) is stored as a
+        vote, becomes the consultation's answer, and the variants are revealed."""
+        cid = parse_id(cid, "consultation")
+        tid = parse_id(turn_id, "turn")
+        votes = {"overall": side, **{d: (v or None) for d, v in zip(DIMENSIONS, dimensions, strict=True)}}
+        revealed = self.comparisons.vote(user, tid, votes, key or "") if self.comparisons else None
+        if revealed is None:
+            raise InvalidInput("compare mode off", user_message=t("consult.compare.unpickable"))
+        records = self.flow.chat_history(user, cid)
+        note = t("consult.compare.picked", side=side.upper(), a=revealed.names["a"],
+                 b=revealed.names["b"])  # fmt: skip
+        locked = gr.update(interactive=False)
+        return render(records), gr.update(visible=False), locked, locked, note
+
+    def close_compare(self, user: UserRecord):
+        """Another consultation (or a new one) hides the compare panel."""
+        return gr.update(visible=False)
+
     # --- the list, deleting, rating, versions: plain values (programs call these) --------
 
     def list_consultations(self, user: UserRecord, search: str | None = None) -> list[dict]:
@@ -342,10 +397,11 @@ class ConsultHandlers:
 
 
 def build_consult_tab(
-    config: AppConfig, db: Database, auth: Auth, flow: Consultations
+    config: AppConfig, db: Database, auth: Auth, flow: Consultations,
+    comparisons: Comparisons | None = None,
 ) -> Callable[[gr.Blocks], None]:
     guard = auth.guard(*CLINICAL)
-    h = ConsultHandlers(db, flow)
+    h = ConsultHandlers(db, flow, comparisons)
 
     banner = gr.Markdown(visible=False)
     with gr.Row():
@@ -377,6 +433,29 @@ def build_consult_tab(
             with gr.Row():
                 stop_btn = gr.Button(i18n("consult.stop"), size="sm", scale=0, min_width=100)
                 retry_btn = gr.Button(i18n("consult.retry"), size="sm", scale=0, min_width=160)
+                compare_on = gr.Checkbox(label=i18n("consult.compare.switch"), value=False,
+                                         visible=False, elem_id="consult-compare-switch")  # fmt: skip
+            # clinician compare mode: the next answer comes from two variants, side by side
+            with gr.Group(visible=False, elem_id="consult-compare") as compare_panel:
+                with gr.Row(equal_height=True):
+                    with gr.Column():
+                        answer_a = gr.Markdown(label=i18n("consult.compare.answer_a"),
+                                               show_label=True, elem_id="consult-compare-a")  # fmt: skip
+                        pick_a = gr.Button(i18n("consult.compare.pick_a"), interactive=False,
+                                           variant="primary")  # fmt: skip
+                    with gr.Column():
+                        answer_b = gr.Markdown(label=i18n("consult.compare.answer_b"),
+                                               show_label=True, elem_id="consult-compare-b")  # fmt: skip
+                        pick_b = gr.Button(i18n("consult.compare.pick_b"), interactive=False,
+                                           variant="primary")  # fmt: skip
+                with gr.Accordion(i18n("consult.compare.dimensions"), open=False):
+                    with gr.Row():
+                        dimension_radios = [
+                            gr.Radio([("A", "a"), ("B", "b"), ("A = B", "tie")], value=None,
+                                     label=i18n(f"consult.compare.{d}"), min_width=160)
+                            for d in DIMENSIONS
+                        ]  # fmt: skip
+                compare_turn, compare_key = gr.State(None), gr.State(None)
             status = gr.Markdown(elem_id="consult-status")
             # an answer of the chat: its versions (Retry adds one) and the clinician's rating
             with gr.Row():
@@ -405,13 +484,30 @@ def build_consult_tab(
         send_ev = box.submit(guard(h.send), [box, consultation],
                              [consultation, chat, box, status, title], api_name="send",
                              concurrency_limit=limit)  # fmt: skip
-        answer_ev = send_ev.success(guard(h.answer), [consultation, variant], [chat, status],
-                                    api_name="answer", concurrency_limit=limit)  # fmt: skip
+        # compare mode decides what follows the turn: one answer (/answer) or two side by side
+        single = send_ev.success(_when(False), [compare_on], None, api_visibility="private",
+                                 show_progress="hidden")  # fmt: skip
+        answer_ev = single.success(guard(h.answer), [consultation, variant], [chat, status],
+                                   api_name="answer", concurrency_limit=limit)  # fmt: skip
+        pair = send_ev.success(_when(True), [compare_on], None, api_visibility="private",
+                               show_progress="hidden")  # fmt: skip
+        compare_ev = pair.success(
+            guard(h.compare), [consultation],
+            [answer_a, answer_b, compare_turn, compare_key, pick_a, pick_b, compare_panel, status],
+            api_visibility="private", concurrency_limit=limit)  # fmt: skip
         retry_ev = retry_btn.click(guard(h.retry), [consultation, variant], [chat, status],
                                    api_name="retry", concurrency_limit=limit)  # fmt: skip
         answer_ev.then(guard(h.report_choices), [consultation], [report],
                        api_visibility="private")  # fmt: skip
-        stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev])
+        stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev, compare_ev])
+        blocks.load(guard(h.compare_available), None, [compare_on], api_visibility="private")
+        for btn, side in ((pick_a, "a"), (pick_b, "b")):
+            picked = btn.click(guard(h.pick), [consultation, compare_turn, compare_key,
+                                               gr.State(side), *dimension_radios],
+                               [chat, compare_panel, pick_a, pick_b, status],
+                               api_visibility="private")  # fmt: skip
+            picked.then(guard(h.answer_choices), [consultation], [answer_pick],
+                        api_visibility="private")  # fmt: skip
 
         # for programs: plain values in and out, the same methods the page's events call
         for fn in (h.list_consultations, h.delete_consultation, h.feedback, h.versions,
@@ -423,6 +519,8 @@ def build_consult_tab(
                                      [consultation, chat, title], **private)  # fmt: skip
         for ev in (open_ev, new_ev, answer_ev, retry_ev, delete_ev):  # the picker follows the chat
             ev.then(guard(h.answer_choices), [consultation], [answer_pick], **private)
+        for ev in (open_ev, new_ev, delete_ev):
+            ev.then(guard(h.close_compare), None, [compare_panel], **private)
         answer_pick.change(guard(h.show_answer), [consultation, answer_pick],
                            [version_pick, up_btn, down_btn, comment], **private)  # fmt: skip
         version_pick.input(guard(h.pick_version), [consultation, version_pick],
@@ -431,6 +529,33 @@ def build_consult_tab(
             btn.click(guard(h.rate), [answer_pick, value, comment], [up_btn, down_btn], **private)
 
     return wire
+
+
+def _when(compare_mode: bool) -> Callable[[bool], None]:
+    """A step that lets its chain go on only when the compare switch is `compare_mode`; else it
+    stops the chain quietly (no error shown)."""
+
+    def gate(switch: bool | None) -> None:
+        if bool(switch) is not compare_mode:
+            raise gr.Error("", visible=False, print_exception=False)
+
+    return gate
+
+
+def _pair_texts(turn: CompareTurnRecord) -> tuple[dict[str, str], bool]:
+    """Each side's recorded text (with the note of an answer that did not finish) and whether
+    the pair can be picked (both ended on their own)."""
+    texts, pickable = {}, True
+    for side in ("a", "b"):
+        r = next((r for r in turn.responses if r.side.value == side), None)
+        reason = r.finish_reason.value if r and r.finish_reason else "error"
+        text = r.text if r else ""
+        if reason not in ("stop", "length"):
+            pickable = False
+            error = (translate(r.error) or r.error) if r and r.error else ""
+            text = f"{text}\n\n{t(FAILED_NOTES.get(reason, FAILED_NOTES['error']), error=error)}"
+        texts[side] = text.strip()
+    return texts, pickable
 
 
 def _status(answer: Answer) -> str:

@@ -79,6 +79,176 @@ PAGE: dict[str, Entry] = {
     "consult.answer": {"en": "Answer", "zh-CN": "回答"},
     "consult.version": {"en": "Version", "zh-CN": "版本"},
     "consult.comment": {"en": "Comment on this answer", "zh-CN": "对此回答的意见"},
+    # clinician compare mode (app/consult_tab.py)
+    "consult.compare.switch": {"en": "Compare two answers", "zh-CN": "对比两个回答"},
+    "consult.compare.answer_a": {"en": "Answer A", "zh-CN": "回答 A"},
+    "consult.compare.answer_b": {"en": "Answer B", "zh-CN": "回答 B"},
+    "consult.compare.pick_a": {"en": "A is better", "zh-CN": "A 更好"},
+    "consult.compare.pick_b": {"en": "B is better", "zh-CN": "B 更好"},
+    "consult.compare.dimensions": {
+        "en": "Rate the dimensions (optional)",
+        "zh-CN": "分项评价（可选）",
+    },
+    "consult.compare.proactiveness": {"en": "Proactiveness", "zh-CN": "主动性"},
+    "consult.compare.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
+    "consult.compare.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
+    "consult.compare.language_quality": {"en": "Language quality", "zh-CN": "语言质量"},
+    # the Compare tab (app/compare_tab.py): annotators and admins
+    "compare.tab": {"en": "Compare", "zh-CN": "对比评估"},
+    "compare.unavailable": {
+        "en": "### Compare is not available\n\nNo model variants are set up on this server. "
+        "Ask an administrator to add two (`pulsemind variant add`).",
+        "zh-CN": "### 对比评估暂不可用\n\n此服务器尚未配置模型版本。请联系管理员添加两个模型版本"
+        "（`pulsemind variant add`）。",
+    },
+    "compare.intro": {
+        "en": "Two models answer the same patient turn side by side. You do not know which is "
+        "which until your vote is saved.",
+        "zh-CN": "两个模型并排回答同一个患者提问。投票保存之前，您不会知道哪个回答来自哪个模型。",
+    },
+    "compare.from_case": {"en": "From a case set", "zh-CN": "从病例集选择"},
+    "compare.from_typed": {"en": "Type a patient turn", "zh-CN": "自行输入患者提问"},
+    "compare.case_set": {"en": "Case set", "zh-CN": "病例集"},
+    "compare.case": {"en": "Case", "zh-CN": "病例"},
+    "compare.turn": {"en": "Question (patient turn)", "zh-CN": "提问（患者轮次）"},
+    "compare.typed": {"en": "Patient turn", "zh-CN": "患者提问"},
+    "compare.typed_placeholder": {
+        "en": "What the patient says; attach lab reports (PDF, photos), images, DICOM",
+        "zh-CN": "患者的描述；可附上检验报告（PDF 或照片）、医学影像、DICOM 文件",
+    },
+    "compare.start": {"en": "Start comparison", "zh-CN": "开始对比"},
+    "compare.context": {"en": "Conversation so far", "zh-CN": "目前的对话"},
+    "compare.answer_a": {"en": "Answer A", "zh-CN": "回答 A"},
+    "compare.answer_b": {"en": "Answer B", "zh-CN": "回答 B"},
+    "compare.stop": {"en": "Stop", "zh-CN": "停止"},
+    "compare.your_vote": {"en": "### Your vote", "zh-CN": "### 您的评价"},
+    "compare.proactiveness": {"en": "Proactiveness", "zh-CN": "主动性"},
+    "compare.proactiveness_info": {
+        "en": "Asks for missing but clinically critical information",
+        "zh-CN": "主动询问缺失但对临床判断关键的信息",
+    },
+    "compare.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
+    "compare.accuracy_info": {
+        "en": "Medically sound, no factual errors",
+        "zh-CN": "医学上正确，没有事实性错误",
+    },
+    "compare.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
+    "compare.usefulness_info": {"en": "Clear and actionable", "zh-CN": "清晰、可操作"},
+    "compare.language_quality": {"en": "Language quality", "zh-CN": "语言质量"},
+    "compare.language_quality_info": {
+        "en": "Fluent, professional, understandable",
+        "zh-CN": "流畅、专业、易于理解",
+    },
+    "compare.overall": {"en": "Overall", "zh-CN": "总体"},
+    "compare.tie": {"en": "Tie", "zh-CN": "平局"},
+    "compare.both_bad": {"en": "Both bad", "zh-CN": "两者都差"},
+    "compare.safety_a": {"en": "Safety concern in answer A", "zh-CN": "回答 A 存在安全问题"},
+    "compare.safety_b": {"en": "Safety concern in answer B", "zh-CN": "回答 B 存在安全问题"},
+    "compare.comment": {"en": "Comment (optional)", "zh-CN": "评论（可选）"},
+    "compare.vote": {"en": "Submit vote", "zh-CN": "提交评价"},
+    "compare.keep": {
+        "en": "Which answer does the conversation continue with?",
+        "zh-CN": "对话继续使用哪个回答？",
+    },
+    "compare.next": {"en": "The patient's next turn", "zh-CN": "患者的下一轮提问"},
+    "compare.next_placeholder": {
+        "en": "What the patient says next; files may be attached",
+        "zh-CN": "患者接下来说的话；可附文件",
+    },
+    "compare.continue": {"en": "Continue: both answer again", "zh-CN": "继续：两个模型再次回答"},
+    # the Admin tab (app/admin_tab.py): admins only
+    "admin.tab": {"en": "Admin", "zh-CN": "管理"},
+    "admin.users": {"en": "### Users", "zh-CN": "### 用户"},
+    "admin.users_table": {"en": "Users", "zh-CN": "用户列表"},
+    "admin.refresh": {"en": "Refresh", "zh-CN": "刷新"},
+    "admin.username": {"en": "Username", "zh-CN": "用户名"},
+    "admin.role": {"en": "Role", "zh-CN": "角色"},
+    "admin.role.clinician": {"en": "Clinician", "zh-CN": "临床医生"},
+    "admin.role.annotator": {"en": "Annotator", "zh-CN": "标注员"},
+    "admin.role.admin": {"en": "Administrator", "zh-CN": "管理员"},
+    "admin.password": {"en": "Password (at least 12 characters)", "zh-CN": "密码（至少 12 个字符）"},
+    "admin.add_user": {"en": "Add user", "zh-CN": "添加用户"},
+    "admin.user": {"en": "User", "zh-CN": "用户"},
+    "admin.disable": {"en": "Disable", "zh-CN": "停用"},
+    "admin.enable": {"en": "Enable", "zh-CN": "启用"},
+    "admin.new_password": {"en": "New password", "zh-CN": "新密码"},
+    "admin.reset_password": {"en": "Reset password", "zh-CN": "重置密码"},
+    "admin.variants": {"en": "### Model variants", "zh-CN": "### 模型版本"},
+    "admin.variants_table": {"en": "Model variants", "zh-CN": "模型版本列表"},
+    "admin.variant_name": {"en": "Variant name", "zh-CN": "模型版本名称"},
+    "admin.endpoint": {
+        "en": "Endpoint (http://host:8000/v1, or embedded)",
+        "zh-CN": "服务地址（http://host:8000/v1，或 embedded）",
+    },
+    "admin.served_model": {
+        "en": "Served model name (an adapter's LoRA name)",
+        "zh-CN": "服务端模型名称（适配器即其 LoRA 名称）",
+    },
+    "admin.adapter": {
+        "en": "LoRA adapter folder on the model server (optional)",
+        "zh-CN": "模型服务器上的 LoRA 适配器目录（可选）",
+    },
+    "admin.parent": {"en": "Parent variant (optional)", "zh-CN": "父版本（可选）"},
+    "admin.temperature": {"en": "Temperature", "zh-CN": "温度（temperature）"},
+    "admin.top_p": {"en": "Top-p", "zh-CN": "核采样（top-p）"},
+    "admin.max_tokens": {"en": "Max tokens", "zh-CN": "最大生成词元数"},
+    "admin.seed": {"en": "Seed", "zh-CN": "随机种子"},
+    "admin.notes": {"en": "Notes", "zh-CN": "备注"},
+    "admin.add_variant": {"en": "Add variant", "zh-CN": "添加模型版本"},
+    "admin.variant": {"en": "Variant", "zh-CN": "模型版本"},
+    "admin.activate": {"en": "Activate", "zh-CN": "启用"},
+    "admin.deactivate": {"en": "Deactivate", "zh-CN": "停用"},
+    "admin.exports": {"en": "### Training data exports", "zh-CN": "### 导出训练数据"},
+    "admin.kind": {"en": "Kind", "zh-CN": "类型"},
+    "admin.kind.sft": {
+        "en": "SFT: preferred answers in context",
+        "zh-CN": "SFT：对话上下文中的优选回答",
+    },
+    "admin.kind.pairs": {
+        "en": "Pairs: chosen and rejected answers",
+        "zh-CN": "偏好对：优选与落选回答",
+    },
+    "admin.kind.crpo": {
+        "en": "CRPO: prompts with counterpart answers",
+        "zh-CN": "CRPO：提示及对照模型回答",
+    },
+    "admin.include_flagged": {
+        "en": "Include safety-flagged votes",
+        "zh-CN": "包含被标记安全问题的投票",
+    },
+    "admin.export": {"en": "Export", "zh-CN": "导出"},
+    "admin.download": {"en": "Dataset (.zip)", "zh-CN": "数据集（.zip）"},
+    # the Leaderboard tab (app/leaderboard_tab.py): admins and annotators
+    "leaderboard.tab": {"en": "Leaderboard", "zh-CN": "排行榜"},
+    "leaderboard.intro": {
+        "en": "Bradley–Terry ratings of the model variants from the votes (ties count half a "
+        "win each way), with 95% bootstrap intervals; beside them a fit that controls for "
+        "answer length and markdown, so a variant cannot win by writing longer.",
+        "zh-CN": "根据投票计算的各模型版本 Bradley–Terry 评分（平局双方各计半胜），附 95% "
+        "自助法置信区间；旁边是控制回答长度和 Markdown 格式后的评分，模型无法靠写得更长取胜。",
+    },
+    "leaderboard.refresh": {"en": "Refresh", "zh-CN": "刷新"},
+    "leaderboard.win_field": {"en": "Win rates on", "zh-CN": "胜率维度"},
+    "leaderboard.field.overall": {"en": "Overall", "zh-CN": "总体"},
+    "leaderboard.field.proactiveness": {"en": "Proactiveness", "zh-CN": "主动性"},
+    "leaderboard.field.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
+    "leaderboard.field.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
+    "leaderboard.field.language_quality": {"en": "Language quality", "zh-CN": "语言质量"},
+    "leaderboard.raw_plot": {"en": "Ratings (raw)", "zh-CN": "评分（原始）"},
+    "leaderboard.style_plot": {"en": "Ratings (style-controlled)", "zh-CN": "评分（控制风格后）"},
+    "leaderboard.ratings": {
+        "en": "Ratings: raw and style-controlled",
+        "zh-CN": "评分：原始与控制风格后",
+    },
+    "leaderboard.win_plot": {"en": "Win-rate matrix", "zh-CN": "胜率矩阵"},
+    "leaderboard.win_table": {"en": "Win rates (row beats column)", "zh-CN": "胜率（行胜列）"},
+    "leaderboard.annotators": {"en": "Votes per annotator", "zh-CN": "各标注员投票数"},
+    "leaderboard.agreement": {
+        "en": "Agreement on double-annotated turns",
+        "zh-CN": "多人标注轮次的一致率",
+    },
+    "leaderboard.flags": {"en": "Quality flags", "zh-CN": "质量标记"},
+    "leaderboard.csv": {"en": "Tables as CSV", "zh-CN": "表格（CSV）"},
     # Gradio's screen-reader status line asks for this key; its own catalogue lacks it (6.31)
     "common.complete": {"en": "Done", "zh-CN": "已完成"},
 }
@@ -114,10 +284,91 @@ SERVER: dict[str, Entry] = {
     "consult.status.failed": {"en": "⚠️ {error}", "zh-CN": "⚠️ {error}"},
     "consult.did_not_finish": {"en": "The answer did not finish.", "zh-CN": "回答未能完成。"},
     "consult.open_first": {"en": "Open a consultation first.", "zh-CN": "请先打开一个会诊。"},
+    "consult.compare.picked": {
+        "en": "You picked answer {side}: the consultation continues with it. Answer A was "
+        "written by {a}, answer B by {b}.",
+        "zh-CN": "您选择了回答 {side}，会诊将以它继续。回答 A 来自 {a}，回答 B 来自 {b}。",
+    },
+    "consult.compare.unpickable": {
+        "en": "An answer did not finish, so this pair cannot be picked. Press Retry for a "
+        "single answer to your message.",
+        "zh-CN": "有一个回答未能完成，无法在这一对中选择。请点击“重试”获取对您消息的单个回答。",
+    },
+    "consult.compare.streaming": {
+        "en": "Two models are answering; pick the better answer when both are done.",
+        "zh-CN": "两个模型正在回答，两者都完成后请选择更好的回答。",
+    },
     "consult.attachment_choice": {
         "en": "{name} (message {seq})",
         "zh-CN": "{name}（第 {seq} 条消息）",
     },
+    # the Compare tab (app/compare_tab.py)
+    "compare.need_two": {
+        "en": "⚠️ Compare needs two active model variants; ask an administrator to add one.",
+        "zh-CN": "⚠️ 对比评估需要两个已启用的模型版本，请联系管理员添加。",
+    },
+    "compare.no_cases": {
+        "en": "No case set is loaded yet; type a patient turn instead, or ask an administrator "
+        "to load one (`pulsemind cases load FILE`).",
+        "zh-CN": "尚未导入任何病例集；您可以自行输入患者提问，或请管理员导入病例集"
+        "（`pulsemind cases load FILE`）。",
+    },
+    "compare.case_choice": {"en": "{n}. {title}", "zh-CN": "{n}. {title}"},
+    "compare.turn_choice": {"en": "Turn {n}", "zh-CN": "第 {n} 轮"},
+    "compare.patient": {"en": "Patient", "zh-CN": "患者"},
+    "compare.reference": {"en": "Reference doctor", "zh-CN": "参考医生"},
+    "compare.kept": {"en": "Kept answer", "zh-CN": "保留的回答"},
+    "compare.question": {
+        "en": "the question both models answer",
+        "zh-CN": "两个模型都要回答的问题",
+    },
+    "compare.reference_note": {
+        "en": "Reference doctor's answer to this turn (the models do not see it):",
+        "zh-CN": "参考医生对本轮的回答（模型看不到）：",
+    },
+    "compare.attachment": {"en": "Attachment {n} ({kind})", "zh-CN": "附件 {n}（{kind}）"},
+    "compare.kind.image": {"en": "image", "zh-CN": "图像"},
+    "compare.kind.dicom": {"en": "DICOM", "zh-CN": "DICOM 影像"},
+    "compare.kind.pdf": {"en": "PDF", "zh-CN": "PDF 文件"},
+    "compare.answering": {
+        "en": "Both answers are being written…",
+        "zh-CN": "两个回答正在生成……",
+    },
+    "compare.locked": {
+        "en": "🔒 The vote unlocks when both answers have finished.",
+        "zh-CN": "🔒 两个回答都完成后才能投票。",
+    },
+    "compare.side.cut_off": {
+        "en": "Answer {side} was cut off: {error}",
+        "zh-CN": "回答 {side} 被中断：{error}",
+    },
+    "compare.side.error": {"en": "Answer {side} failed: {error}", "zh-CN": "回答 {side} 失败：{error}"},
+    "compare.side.cancelled": {"en": "Answer {side} was stopped.", "zh-CN": "回答 {side} 已停止。"},
+    "compare.not_votable": {
+        "en": "🔒 {why} This pair cannot be voted on; start a new comparison.",
+        "zh-CN": "🔒 {why} 这一对回答无法投票，请开始新的对比。",
+    },
+    "compare.stopped": {
+        "en": "🔒 Stopped: this pair cannot be voted on; start a new comparison.",
+        "zh-CN": "🔒 已停止：这一对回答无法投票，请开始新的对比。",
+    },
+    "compare.ready": {
+        "en": "Both answers are complete: read them, then vote.",
+        "zh-CN": "两个回答都已完成，请阅读后投票。",
+    },
+    "compare.saved": {"en": "✅ Saved.", "zh-CN": "✅ 已保存。"},
+    "compare.reveal": {
+        "en": "Answer A was written by **{a}**, answer B by **{b}**.",
+        "zh-CN": "回答 A 来自 **{a}**，回答 B 来自 **{b}**。",
+    },
+    "compare.choose_kept": {
+        "en": "Neither answer won overall: choose the one the conversation continues with, "
+        "then continue.",
+        "zh-CN": "总体上没有更好的回答：请选择对话继续使用的回答，然后继续。",
+    },
+    "compare.start_first": {"en": "Start a comparison first.", "zh-CN": "请先开始一次对比。"},
+    "compare.pick_case": {"en": "Choose a case first.", "zh-CN": "请先选择一个病例。"},
+    "compare.failed": {"en": "⚠️ {error}", "zh-CN": "⚠️ {error}"},
     # app/edge.py, app/auth.py
     "edge.generic": {
         "en": "Something went wrong on the server (reference {ref}). What you saved before is "
@@ -204,6 +455,155 @@ SERVER: dict[str, Entry] = {
         "en": "The password must have at most {n} characters.",
         "zh-CN": "密码最多 {n} 个字符。",
     },
+    # app/admin_tab.py
+    "admin.col.username": {"en": "Username", "zh-CN": "用户名"},
+    "admin.col.role": {"en": "Role", "zh-CN": "角色"},
+    "admin.col.active": {"en": "Active", "zh-CN": "启用"},
+    "admin.col.created": {"en": "Created", "zh-CN": "创建时间"},
+    "admin.col.name": {"en": "Name", "zh-CN": "名称"},
+    "admin.col.endpoint": {"en": "Endpoint", "zh-CN": "服务地址"},
+    "admin.col.served_model": {"en": "Served model", "zh-CN": "服务端模型"},
+    "admin.col.adapter": {"en": "Adapter", "zh-CN": "适配器"},
+    "admin.col.parent": {"en": "Parent", "zh-CN": "父版本"},
+    "admin.col.sampling": {"en": "Sampling", "zh-CN": "采样参数"},
+    "admin.col.notes": {"en": "Notes", "zh-CN": "备注"},
+    "admin.yes": {"en": "yes", "zh-CN": "是"},
+    "admin.no": {"en": "no", "zh-CN": "否"},
+    "admin.user_added": {
+        "en": "✅ User {name} ({role}) added: they can log in now.",
+        "zh-CN": "✅ 已添加用户 {name}（{role}），现在即可登录。",
+    },
+    "admin.user_disabled": {
+        "en": "✅ User {name} is disabled: they can no longer log in.",
+        "zh-CN": "✅ 已停用用户 {name}，该用户无法再登录。",
+    },
+    "admin.user_enabled": {
+        "en": "✅ User {name} is enabled: they can log in again.",
+        "zh-CN": "✅ 已启用用户 {name}，该用户可以再次登录。",
+    },
+    "admin.password_reset": {
+        "en": "✅ The password of {name} is reset; give them the new one in person.",
+        "zh-CN": "✅ 已重置 {name} 的密码；请当面告知新密码。",
+    },
+    "admin.no_user": {"en": "There is no user named {name}.", "zh-CN": "没有名为 {name} 的用户。"},
+    "admin.pick_user": {"en": "Choose a user first.", "zh-CN": "请先选择一个用户。"},
+    "admin.bad_role": {
+        "en": "Choose a role: clinician, annotator or admin.",
+        "zh-CN": "请选择角色：临床医生（clinician）、标注员（annotator）或管理员（admin）。",
+    },
+    "admin.not_yourself": {
+        "en": "You cannot disable your own account; ask another administrator.",
+        "zh-CN": "不能停用自己的账户；请让其他管理员操作。",
+    },
+    "admin.last_admin": {
+        "en": "At least one active administrator must remain; enable or add another first.",
+        "zh-CN": "必须保留至少一名启用中的管理员；请先启用或添加另一名管理员。",
+    },
+    "admin.bad_flag": {
+        "en": "The {field} value must be true or false.",
+        "zh-CN": "{field} 的值必须是 true 或 false。",
+    },
+    "admin.bad_number": {
+        "en": "{field} must be a number between {low} and {high}.",
+        "zh-CN": "{field} 必须是介于 {low} 和 {high} 之间的数字。",
+    },
+    "admin.bad_text": {
+        "en": "{field} must be text of at most {n} characters.",
+        "zh-CN": "{field} 必须是不超过 {n} 个字符的文本。",
+    },
+    "admin.variant_added": {
+        "en": "✅ Variant {name} added and active.",
+        "zh-CN": "✅ 已添加并启用模型版本 {name}。",
+    },
+    "admin.variant_added_adapter": {
+        "en": "✅ Variant {name} added and active; the server serves its adapter as {served}.",
+        "zh-CN": "✅ 已添加并启用模型版本 {name}；模型服务器以 {served} 名称提供其适配器。",
+    },
+    "admin.variant_active": {
+        "en": "✅ Variant {name} is active: Consult and Compare offer it.",
+        "zh-CN": "✅ 模型版本 {name} 已启用：会诊和对比评估中可用。",
+    },
+    "admin.variant_inactive": {
+        "en": "✅ Variant {name} is inactive: kept for its votes, no longer offered.",
+        "zh-CN": "✅ 模型版本 {name} 已停用：其投票记录保留，不再提供使用。",
+    },
+    "admin.pick_variant": {"en": "Choose a variant first.", "zh-CN": "请先选择一个模型版本。"},
+    "admin.adapter_refused": {
+        "en": "The model server did not load the adapter: check that the folder exists on the "
+        "server's machine and holds a LoRA adapter for its base model. Nothing was registered.",
+        "zh-CN": "模型服务器未能加载该适配器：请确认该目录在模型服务器所在机器上存在，且是其基座模型的 "
+        "LoRA 适配器。未登记任何内容。",
+    },
+    "admin.bad_kind": {
+        "en": "Choose a kind: sft, pairs or crpo.",
+        "zh-CN": "请选择类型：sft、pairs 或 crpo。",
+    },
+    "admin.exported": {
+        "en": "✅ Exported {rows} {kind} rows to {folder} on the server; the .zip is below.",
+        "zh-CN": "✅ 已导出 {rows} 行 {kind} 数据到服务器上的 {folder}；下方可下载 .zip。",
+    },
+    "admin.nothing_to_export": {
+        "en": "Nothing to export: there are no {kind} rows yet{flagged}.",
+        "zh-CN": "没有可导出的内容：目前还没有 {kind} 数据{flagged}。",
+    },
+    "admin.flagged_left_out": {
+        "en": " (safety-flagged votes are left out unless included)",
+        "zh-CN": "（未勾选时不包含被标记安全问题的投票）",
+    },
+    # app/leaderboard_tab.py
+    "leaderboard.empty": {
+        "en": "### No votes yet\n\nRatings appear here once annotators have voted in Compare.",
+        "zh-CN": "### 暂无投票\n\n标注员在对比评估中投票后，评分会显示在这里。",
+    },
+    "leaderboard.summary": {
+        "en": "{votes} votes on {variants} variants; {flags} quality flags.",
+        "zh-CN": "共 {votes} 票，涉及 {variants} 个模型版本；{flags} 个质量标记。",
+    },
+    "leaderboard.summary_annotator": {
+        "en": "{votes} votes on {variants} variants. Per-annotator figures are for "
+        "administrators.",
+        "zh-CN": "共 {votes} 票，涉及 {variants} 个模型版本。各标注员的数据仅管理员可见。",
+    },
+    "leaderboard.not_rated": {
+        "en": "Could not rate the votes: {reason}",
+        "zh-CN": "无法根据投票计算评分：{reason}",
+    },
+    "leaderboard.bad_field": {
+        "en": "Choose one of: overall, proactiveness, accuracy, usefulness, language_quality.",
+        "zh-CN": "请选择其一：overall、proactiveness、accuracy、usefulness、language_quality。",
+    },
+    "leaderboard.col.field": {"en": "Field", "zh-CN": "维度"},
+    "leaderboard.col.rank": {"en": "Rank", "zh-CN": "名次"},
+    "leaderboard.col.variant": {"en": "Variant", "zh-CN": "模型版本"},
+    "leaderboard.col.rating": {"en": "Rating", "zh-CN": "评分"},
+    "leaderboard.col.lower": {"en": "Lower 95%", "zh-CN": "95% 下限"},
+    "leaderboard.col.upper": {"en": "Upper 95%", "zh-CN": "95% 上限"},
+    "leaderboard.col.style_rating": {"en": "Style-controlled", "zh-CN": "控制风格后评分"},
+    "leaderboard.col.style_lower": {"en": "Style lower 95%", "zh-CN": "控制风格 95% 下限"},
+    "leaderboard.col.style_upper": {"en": "Style upper 95%", "zh-CN": "控制风格 95% 上限"},
+    "leaderboard.col.votes": {"en": "Votes", "zh-CN": "票数"},
+    "leaderboard.col.annotator": {"en": "Annotator", "zh-CN": "标注员"},
+    "leaderboard.col.overall_a": {"en": "A better", "zh-CN": "A 更好"},
+    "leaderboard.col.overall_b": {"en": "B better", "zh-CN": "B 更好"},
+    "leaderboard.col.overall_tie": {"en": "Tie", "zh-CN": "平局"},
+    "leaderboard.col.overall_both_bad": {"en": "Both bad", "zh-CN": "两者都差"},
+    "leaderboard.col.flagged": {"en": "Flagged", "zh-CN": "被标记"},
+    "leaderboard.col.turns": {"en": "Turns", "zh-CN": "轮次数"},
+    "leaderboard.col.pairs": {"en": "Pairs of votes", "zh-CN": "投票对数"},
+    "leaderboard.col.agreement": {"en": "Agreement", "zh-CN": "一致率"},
+    "leaderboard.col.vote": {"en": "Vote", "zh-CN": "投票"},
+    "leaderboard.col.turn": {"en": "Turn", "zh-CN": "轮次"},
+    "leaderboard.col.reason": {"en": "Reason", "zh-CN": "原因"},
+    "leaderboard.col.detail": {"en": "Detail", "zh-CN": "详情"},
+    "leaderboard.col.win_rate": {"en": "Win rate", "zh-CN": "胜率"},
+    "leaderboard.col.games": {"en": "Votes between them", "zh-CN": "二者之间的票数"},
+    "leaderboard.col.opponent": {"en": "Against", "zh-CN": "对手"},
+    "leaderboard.col.fit": {"en": "Fit", "zh-CN": "拟合"},
+    "leaderboard.fit.raw": {"en": "raw", "zh-CN": "原始"},
+    "leaderboard.fit.style": {"en": "style-controlled", "zh-CN": "控制风格后"},
+    "leaderboard.reason.too_fast": {"en": "too fast to have read", "zh-CN": "用时过短，不足以读完"},
+    "leaderboard.reason.names_model": {"en": "an answer names a model", "zh-CN": "回答中提到了模型名称"},
+    "leaderboard.reason.daily_cap": {"en": "past the daily cap", "zh-CN": "超过每日上限"},
 }
 
 #: The Chinese of each error class's `user_message` (its English is the class's own text).

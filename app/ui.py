@@ -71,7 +71,7 @@ def build_ui(
             gr.Markdown(i18n("annotate.empty"))
         with gr.Tabs(visible=False) as tabs:
             with gr.Tab(i18n("app.tab.consult"), id="consult", visible=False) as consult_tab:
-                load_consult = build_consult_tab(config, db, auth, flow)
+                load_consult = build_consult_tab(config, db, auth, flow, comparisons)
 
         def land(user: UserRecord) -> tuple:
             """Who is here, and the screen for their role."""

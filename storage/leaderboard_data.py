@@ -120,7 +120,7 @@ def leaderboard_rows(db: Database, *, user_id: int | None = None) -> list[VoteRo
                 vote_id=vote.id, turn_id=turn.id, voter_id=vote.voter_id,
                 variant_a_id=turn.variant_a_id, variant_a=variants[turn.variant_a_id].name,
                 variant_b_id=turn.variant_b_id, variant_b=variants[turn.variant_b_id].name,
-                choices={d: getattr(vote, d).value for d in DIMENSIONS}, overall=vote.overall.value,
+                choices={d: _value(getattr(vote, d)) for d in DIMENSIONS}, overall=vote.overall.value,
                 safety_flag_a=vote.safety_flag_a, safety_flag_b=vote.safety_flag_b,
                 length_a=len(text_a), length_b=len(text_b),
                 markdown_a=markdown_elements(text_a), markdown_b=markdown_elements(text_b),
@@ -129,3 +129,8 @@ def leaderboard_rows(db: Database, *, user_id: int | None = None) -> list[VoteRo
                 time_to_vote_ms=vote.time_to_vote_ms, created_at=vote.created_at,
             ))  # fmt: skip
         return rows
+
+
+def _value(choice: object) -> str | None:
+    """A dimension's stored choice ("a", "b", "tie"), or None where it was not rated."""
+    return getattr(choice, "value", None)

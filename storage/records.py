@@ -357,10 +357,11 @@ class VoteRecord:
     id: int
     turn_id: int
     voter_id: int
-    proactiveness: Preference
-    accuracy: Preference
-    usefulness: Preference
-    language_quality: Preference
+    #: None: not rated (clinician compare mode asks only for the overall pick).
+    proactiveness: Preference | None
+    accuracy: Preference | None
+    usefulness: Preference | None
+    language_quality: Preference | None
     overall: Overall
     safety_flag_a: bool
     safety_flag_b: bool

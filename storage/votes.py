@@ -9,7 +9,9 @@ transaction, after checking:
   on cases and typed questions, a clinician in their own consultation);
 - both answers were recorded and ended on their own (stop or length): an answer that failed,
   was cut off or cancelled, or is missing, cannot be judged;
-- the values are valid (InvalidInput with a message naming the field).
+- the values are valid (InvalidInput with a message naming the field); the four dimensions
+  are required, except in clinician compare mode (a comparison inside a consultation), where
+  the clinician's overall pick is enough and an unrated dimension is stored as NULL.
 
 Exactly once: the client sends an idempotency key with each vote (one per vote it means to
 cast, reused for retries and double clicks). A replay with the same key returns the stored
@@ -41,6 +43,7 @@ from storage.errors import Conflict, InvalidInput, PermissionDenied
 from storage.i18n import bilingual
 from storage.models import (
     IDEMPOTENCY_KEY_LENGTH,
+    CompareSource,
     CompareTurnState,
     ComparisonResponse,
     FinishReason,
@@ -125,6 +128,9 @@ def _choices(
     values: dict[str, Any] = {}
     given = dict(zip(DIMENSIONS, (proactiveness, accuracy, usefulness, language_quality), strict=True))
     for name, value in given.items():
+        if value is None or value == "":
+            values[name] = None  # not rated: allowed in clinician mode only (record_vote)
+            continue
         try:
             values[name] = as_enum(Preference, value, name)
         except InvalidInput as exc:
@@ -202,7 +208,11 @@ def record_vote(
     with db.transaction() as session:
         # The turn's row lock serialises votes on one turn (PostgreSQL): a racing duplicate
         # waits here, then finds the vote that won.
-        turn, _ = access_compare_turn(session, turn_id, voter_id, write=True, lock=True)
+        turn, comparison = access_compare_turn(session, turn_id, voter_id, write=True, lock=True)
+        unrated = [name for name in DIMENSIONS if values[name] is None]
+        if unrated and comparison.source is not CompareSource.CONSULTATION:
+            raise InvalidInput(f"dimension {unrated[0]} not rated",
+                               user_message=_say("dimension", field=FIELD_NAMES[unrated[0]]))  # fmt: skip
         vote = _existing(session, turn_id, voter_id, key, values)
         if vote is not None:
             replayed = True

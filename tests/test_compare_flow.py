@@ -18,6 +18,7 @@ import pytest
 
 from app.cases import load_case_file
 from app.compare import AdHoc, CompareConfig, Comparisons, FromCase, FromConsultation, draw_pair
+from app.consult_tab import ConsultHandlers
 from app.workflow import Consultations
 from model.engines import EngineRegistry
 from model.serve import free_port
@@ -139,6 +140,41 @@ def test_clinician_compare_mode_continues_her_consultation(world):
     assert nxt.turn.prompt_message_id == history(db, cid, user_id=alice.id)[-1].id
     with pytest.raises(PermissionDenied):  # an annotator cannot compare in her consultation
         flow.start(world["ann"], FromConsultation(cid))
+
+
+@pytest.mark.vllm
+def test_consult_tab_compare_switch_pick_continues_with_dimensions_optional(world):
+    """The Consult tab's compare mode (its handlers, as the page calls them): both answers
+    stream into the panel, the pick buttons unlock at the end, a pick with no dimensions rated
+    is one vote (twice clicked), the chat continues with the pick and names both models."""
+    db, alice = world["db"], world["alice"]
+    h = ConsultHandlers(db, world["consult"], world["flow"])
+    assert h.compare_available(alice)["visible"] is True
+    cid, _ = world["consult"].add_turn(alice, None, "Fever and a rash on both arms.")
+    updates = list(h.compare(alice, cid))
+    first, last = updates[0], updates[-1]
+    assert first[4]["interactive"] is False and first[6]["visible"] is True
+    assert len({u[0] for u in updates}) >= 3 and len({u[1] for u in updates}) >= 3  # both grew
+    answer_a, answer_b, tid, key, pick_a, pick_b, _, note = last
+    assert pick_a["interactive"] is True and pick_b["interactive"] is True and note == ""
+    turn = get_compare_turn(db, tid, user_id=alice.id)
+    assert (answer_a, answer_b) == (turn.response("a").text, turn.response("b").text)
+
+    for _ in range(2):  # a double click: one vote
+        chat, panel, *_, status = h.pick(alice, cid, tid, key, "b", None, None, "a", None)
+    [vote] = list_votes(db, turn_id=tid)
+    assert (vote.overall, vote.usefulness, vote.accuracy) == ("b", "a", None)
+    assert panel["visible"] is False and chat[-1]["content"] == answer_b
+    names = {v: get_variant_by_name(db, v).id for v in ("tiny", "a1")}
+    shown_b = next(n for n, i in names.items() if i == turn.variant_b_id)
+    assert shown_b in status and "B" in status
+    with pytest.raises(InvalidInput):  # annotators rate every dimension
+        ann_pair = world["flow"].start(world["ann"], AdHoc("Dizzy when standing up."))
+        stream_both(ann_pair)
+        record_vote(db, ann_pair.turn.id, world["ann"].id, idempotency_key="ann-unrated-1",
+                    **dict(VOTE, accuracy=None))  # fmt: skip
+    with pytest.raises(PermissionDenied):  # someone else's consultation
+        list(h.compare(world["root"], cid))
 
 
 @pytest.mark.vllm

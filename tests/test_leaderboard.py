@@ -112,6 +112,19 @@ def test_tie_counts_half_a_win_each_way_and_both_bad_is_a_tie():
     assert only_ties.ratings[0].rating == pytest.approx(only_ties.ratings[1].rating, abs=1e-6)
 
 
+def test_unrated_dimensions_are_no_evidence():
+    """Clinician picks may leave dimensions unrated (None): a dimension's fit uses only the
+    votes that rated it; overall uses them all."""
+    config = LeaderboardConfig(bootstrap=0)
+    rated = [row(i, "x", "y", "a") for i in range(4)] + [row(4, "x", "y", "b")]
+    unrated = [row(10 + i, "x", "y", "b", choices=dict.fromkeys(DIMENSIONS)) for i in range(6)]
+    accuracy = rate(rated + unrated, "accuracy", config)
+    assert [r.rating for r in accuracy.ratings] == pytest.approx(
+        [r.rating for r in rate(rated, "accuracy", config).ratings])
+    assert accuracy.order() == ["x", "y"]
+    assert rate(rated + unrated, "overall", config).order() == ["y", "x"]
+
+
 def test_style_control_demotes_a_variant_that_wins_only_by_length():
     """'long' is truly the worst but writes 4x longer; voters favour length (log-odds 1.2 per
     unit of log length ratio). Raw it comes first; controlled for length it comes last."""

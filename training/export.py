@@ -272,9 +272,7 @@ def _vote_rows(
                          "response_ids": [chosen.id]})  # fmt: skip
             continue
         prompt, images = chat_columns(to_chat_messages(records, language=comparison.language))
-        labels = {d: "tie" if getattr(vote, d) is Preference.TIE
-                  else "chosen" if getattr(vote, d).value == won.value else "rejected"
-                  for d in DIMENSIONS}  # fmt: skip
+        labels = {d: _label(getattr(vote, d), won) for d in DIMENSIONS}
         rows.append({"prompt": prompt, "images": images, "chosen": _assistant(chosen.text),
                      "rejected": _assistant(rejected.text), **labels, "overall": "chosen",
                      "voter_id": vote.voter_id, "chosen_variant": names[chosen.variant_id],
@@ -531,3 +529,10 @@ def export_dataset(db: Database, config: ExportConfig) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("export {}: {} rows written", config.kind, len(rows))
     return len(rows)
+
+
+def _label(choice: Preference | None, won: Side) -> str | None:
+    """A dimension's label in a pair: chosen / rejected / tie, None where it was not rated."""
+    if choice is None:
+        return None
+    return "tie" if choice is Preference.TIE else "chosen" if choice.value == won.value else "rejected"

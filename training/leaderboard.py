@@ -282,6 +282,8 @@ def rate(rows: Sequence[VoteRow], name: str, config: LeaderboardConfig, *,
     """Ratings of the variants in `rows` on field `name` (a dimension or "overall")."""
     if name not in FIELDS:
         raise LeaderboardError(f"unknown field {name!r}; choose one of {', '.join(FIELDS)}")
+    if name != "overall":  # clinician picks may leave a dimension unrated
+        rows = [r for r in rows if r.choices[name] is not None]
     if not rows:
         raise LeaderboardError("there are no votes to rate")
     d = _design(rows, name)
@@ -345,7 +347,8 @@ def agreement(rows: Sequence[VoteRow]) -> list[Agreement]:
     out = []
     for name in FIELDS:
         pick = (lambda r: r.overall) if name == "overall" else (lambda r, n=name: r.choices[n])
-        pairs = [(pick(x), pick(y)) for votes in shared for x, y in combinations(votes, 2)]
+        pairs = [(pick(x), pick(y)) for votes in shared for x, y in combinations(votes, 2)
+                 if pick(x) is not None and pick(y) is not None]  # unrated: no evidence
         same = sum(x == y for x, y in pairs)
         out.append(Agreement(name, len(shared), len(pairs), same / len(pairs) if pairs else None))
     return out
