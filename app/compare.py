@@ -111,6 +111,16 @@ class FromConsultation:
 
 
 @dataclass(frozen=True)
+class FromLog:
+    """A clinician's logged consultation up to its message `message_id` (a question), for
+    annotators and admins (`storage.logged_questions` lists them). The consultation is only
+    read: the answers go into the comparison, never into the consultation."""
+
+    consultation_id: int
+    message_id: int
+
+
+@dataclass(frozen=True)
 class AdHoc:
     """A patient turn typed in Compare, with files the caller uploaded: (name, path) pairs."""
 
@@ -118,7 +128,7 @@ class AdHoc:
     files: Sequence[tuple[str, str | Path]] = ()
 
 
-Source = FromCase | FromConsultation | AdHoc
+Source = FromCase | FromConsultation | FromLog | AdHoc
 
 
 @dataclass
@@ -352,6 +362,10 @@ class Comparisons:
         elif isinstance(source, FromConsultation):
             turn = create_comparison(self.db, user.id, CompareSource.CONSULTATION,
                                      consultation_id=source.consultation_id, **common)  # fmt: skip
+        elif isinstance(source, FromLog):
+            turn = create_comparison(self.db, user.id, CompareSource.LOG,
+                                     consultation_id=source.consultation_id,
+                                     message_id=source.message_id, **common)  # fmt: skip
         elif isinstance(source, AdHoc):
             text = _turn_text(source.text, source.files)
             attachments = [to_new_attachment(r) for r in self._consult.take_in(user, source.files)]

@@ -26,7 +26,15 @@ from contextlib import closing
 import gradio as gr
 
 from app.auth import Auth
-from app.compare import AdHoc, Comparisons, FromCase, FromConsultation, PairAnswer, VoteChoice
+from app.compare import (
+    AdHoc,
+    Comparisons,
+    FromCase,
+    FromConsultation,
+    FromLog,
+    PairAnswer,
+    VoteChoice,
+)
 from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id
 from app.i18n import SERVER
@@ -55,8 +63,14 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
         turn_id: int | None = None,
         consultation_id: int | None = None,
         keep: str | None = None,
+        message_id: int | None = None,
     ) -> Iterator[dict]:
         """Start (or continue) a blind comparison and stream both answers as they are written.
+
+        Sources: `case_id`; `consultation_id` (your own consultation: clinician compare mode,
+        `message` adds your next turn first); `consultation_id` with `message_id` (annotators,
+        admins: a logged consultation up to that question, only read); a `message` alone (a
+        typed turn); `turn_id` continues a comparison after your vote (`keep`: "a" or "b").
 
         Each update is {"turn_id", "a", "b"} (each side's text so far); the last one also has
         "finish_reason" and "error" per side ({"a": ..., "b": ...}).
@@ -65,6 +79,9 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
         case = optional_id(case_id, "case")
         turn = optional_id(turn_id, "turn")
         cid = optional_id(consultation_id, "consultation")
+        asked = optional_id(message_id, "message")
+        if asked is not None and (cid is None or message is not None):
+            raise InvalidInput("message id without a consultation", user_message=ONE_SOURCE)
         side = _side(keep) if keep not in (None, "") else None
         if sum(x is not None for x in (case, turn, cid)) > 1 or (side and turn is None):
             raise InvalidInput("more than one comparison source", user_message=ONE_SOURCE)
@@ -75,6 +92,8 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
             if message is not None:
                 raise InvalidInput("a message with a case", user_message=ONE_SOURCE)
             pair = comparisons.start(user, FromCase(case), language=language)
+        elif asked is not None:
+            pair = comparisons.start(user, FromLog(cid, asked), language=language)
         elif cid is not None:
             if text or files:  # takes only the caller's own uploads (Consultations.take_in)
                 comparisons.add_patient_turn(user, cid, text, files)

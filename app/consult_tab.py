@@ -292,12 +292,14 @@ class ConsultHandlers:
         yield texts["a"], texts["b"], turn.id, key, unlock, unlock, shown, note
 
     def pick(self, user: UserRecord, cid: int | None, turn_id: int | None, key: str | None,
-             side: str, *dimensions: str | None):  # fmt: skip
+             side: str, proactiveness: str | None = None, accuracy: str | None = None,
+             usefulness: str | None = None, language_quality: str | None = None):  # fmt: skip
         """The clinician's pick (overall A or B; the four dimensions optional) is stored as a
         vote, becomes the consultation's answer, and the variants are revealed."""
         cid = parse_id(cid, "consultation")
         tid = parse_id(turn_id, "turn")
-        votes = {"overall": side, **{d: (v or None) for d, v in zip(DIMENSIONS, dimensions, strict=True)}}
+        rated = (proactiveness, accuracy, usefulness, language_quality)
+        votes = {"overall": side, **{d: (v or None) for d, v in zip(DIMENSIONS, rated, strict=True)}}
         revealed = self.comparisons.vote(user, tid, votes, key or "") if self.comparisons else None
         if revealed is None:
             raise InvalidInput("compare mode off", user_message=t("consult.compare.unpickable"))

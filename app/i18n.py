@@ -53,11 +53,6 @@ Entry = dict[str, str]
 PAGE: dict[str, Entry] = {
     "app.logout": {"en": "Log out", "zh-CN": "退出登录"},
     "app.tab.consult": {"en": "Consult", "zh-CN": "会诊"},
-    "annotate.empty": {
-        "en": "### Nothing to annotate yet\n\nComparisons waiting for your review will appear "
-        "here.",
-        "zh-CN": "### 暂无待标注内容\n\n有需要您评审的对比任务时，会显示在这里。",
-    },
     "consult.search": {"en": "Search titles", "zh-CN": "按标题搜索"},
     "consult.consultations": {"en": "Consultations", "zh-CN": "会诊记录"},
     "consult.delete": {"en": "Delete consultation", "zh-CN": "删除会诊"},
@@ -420,9 +415,10 @@ SERVER: dict[str, Entry] = {
     # app/compare_api.py
     "api.compare_source": {
         "en": "Give one of: a message, a case id, a comparison turn id to continue (with a "
-        "message), or your consultation id.",
-        "zh-CN": "请只提供以下其中一项：一条消息、一个病例编号、要继续的对比轮次编号（附消息），"
-        "或您自己的会诊编号。",
+        "message), your consultation id, or a logged consultation id with the id of its "
+        "question.",
+        "zh-CN": "请只提供以下其中一项：一条消息、一个病例编号、要继续的对比轮次编号（附消息）、"
+        "您自己的会诊编号，或已记录会诊的编号及其问题编号。",
     },
     "api.bad_vote": {
         "en": "The vote must map proactiveness, accuracy, usefulness, language_quality and "
@@ -655,6 +651,7 @@ NOUNS: dict[str, str] = {
     "admin": "管理员",
     "role": "角色",
     "case": "病例",
+    "case set": "病例集",
     "turn": "对比轮次",
 }
 

@@ -17,7 +17,8 @@ return frozen records (storage.records) and raise storage.errors.StorageError su
 whose `user_message` the UI shows. Modules: db (engine, sessions, migrations), models
 (schema), access (who may read and write what), users, consultations, messages,
 feedback, attachments, variants, audit, cases (imported case sets), compare (comparisons
-and their answers), votes.
+and their answers), votes, judge_cache (cached judge verdicts), runs (training runs and
+their metrics).
 """
 
 from storage.access import Uploads
@@ -36,12 +37,14 @@ from storage.cases import (
     list_cases,
 )
 from storage.compare import (
+    LoggedQuestion,
     add_compare_turn,
     create_comparison,
     get_compare_turn,
     get_comparison,
     keep_response,
     list_compare_turns,
+    logged_questions,
     record_response,
 )
 from storage.compare_context import turn_context
@@ -65,6 +68,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.feedback import get_feedback, set_feedback
+from storage.judge_cache import CachedVerdict, NewVerdict, cached_verdicts, store_verdicts
 from storage.messages import (
     add_assistant_message,
     add_user_message,
@@ -84,6 +88,8 @@ from storage.models import (
     MessageRole,
     Overall,
     Preference,
+    RunKind,
+    RunStatus,
     Side,
     Thumbs,
     UserRole,
@@ -110,6 +116,20 @@ from storage.records import (
     UserRecord,
     VariantRecord,
     VoteRecord,
+)
+from storage.runs import (
+    MetricPoint,
+    RunRecord,
+    add_metrics,
+    create_run,
+    get_run,
+    list_runs,
+    mark_failed,
+    mark_finished,
+    mark_interrupted_if_dead,
+    mark_running,
+    metrics_of,
+    set_checkpoint,
 )
 from storage.users import (
     MIN_PASSWORD_LENGTH,
@@ -225,6 +245,8 @@ __all__ = [
     "get_comparison",
     "keep_response",
     "list_compare_turns",
+    "logged_questions",
+    "LoggedQuestion",
     "record_response",
     "turn_context",
     "DIMENSIONS",
@@ -232,4 +254,23 @@ __all__ = [
     "list_votes",
     "record_vote",
     "reveal",
+    # Retrain (judge verdict cache, training runs and their metrics)
+    "CachedVerdict",
+    "NewVerdict",
+    "cached_verdicts",
+    "store_verdicts",
+    "RunKind",
+    "RunStatus",
+    "RunRecord",
+    "MetricPoint",
+    "create_run",
+    "mark_running",
+    "set_checkpoint",
+    "add_metrics",
+    "mark_finished",
+    "mark_failed",
+    "mark_interrupted_if_dead",
+    "get_run",
+    "list_runs",
+    "metrics_of",
 ]

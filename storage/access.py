@@ -17,6 +17,8 @@
                   voted in it and admins read it. An annotator reads no consultation: only
                   what a comparison shows (its cases' turns and its questions' files)
     case          (imported consultations) annotators and admins read them
+    training run  started, watched and stopped by admins only (a run started from the
+                  command line, or its own training process, acts without a user)
 
 Storage enforces the rule for every write (`access_consultation(..., write=True)` inside the
 writing transaction); the app asks the same functions before it reads, and `Uploads` before
@@ -207,7 +209,9 @@ def may_start_comparison(
     """The user, if they may start a comparison from `source`; PermissionDenied if not.
 
     Cases and typed turns: annotators and admins. A consultation: its owner only (clinician
-    compare mode; the consultation row is locked as for any write into it).
+    compare mode; the consultation row is locked as for any write into it). A logged
+    consultation (`log`): annotators and admins, on any consultation its owner has not
+    deleted; the comparison only reads it (its owner is never shown).
     """
     user = active_user(session, user_id)
     if source is CompareSource.CONSULTATION:
@@ -216,6 +220,10 @@ def may_start_comparison(
         access_consultation(session, consultation_id, user_id, write=True, lock=True)
     elif user.role not in ANNOTATING_ROLES:
         raise _denied(user_id, f"start a {source.value} comparison")
+    elif source is CompareSource.LOG:
+        logged = _row(session, Consultation, consultation_id, lock=False) if consultation_id else None
+        if logged is None or logged.deleted_at is not None:
+            raise NotFound(f"consultation {consultation_id} is not in the log")
     return user
 
 
@@ -264,7 +272,8 @@ def access_compare_turn(
 
 def may_read_compared_attachment(session: Session, user_id: int, attachment_id: int) -> bool:
     """True if a comparison the user created or voted in shows the attachment: a file of one
-    of its questions, or of its case's turns up to the one asked."""
+    of its questions, of its case's turns up to the one asked, or of its logged consultation's
+    messages up to the one asked."""
     readable = select(Comparison.id).where(Comparison.creator_id == user_id).union(
         select(ComparisonTurn.comparison_id)
         .join(Vote, Vote.turn_id == ComparisonTurn.id)
@@ -286,4 +295,24 @@ def may_read_compared_attachment(session: Session, user_id: int, attachment_id: 
         .where(CaseTurn.position <= asked.position)
         .where(ComparisonTurn.comparison_id.in_(readable))
     )
-    return bool(session.scalar(select(in_question | in_case)))
+    shown = aliased(Message)
+    in_log = exists(
+        select(MessageAttachment.id)
+        .join(Message, Message.id == MessageAttachment.message_id)
+        .join(Comparison, Comparison.consultation_id == Message.consultation_id)
+        .join(shown, shown.id == Comparison.up_to_message_id)
+        .where(MessageAttachment.attachment_id == attachment_id)
+        .where(Comparison.source == CompareSource.LOG)
+        .where(Message.seq <= shown.seq)
+        .where(Comparison.id.in_(readable))
+    )
+    return bool(session.scalar(select(in_question | in_case | in_log)))
+
+
+def may_train(session: Session, user_id: int) -> User:
+    """The user, if they may start or change a training run (active admins); PermissionDenied
+    if not."""
+    user = active_user(session, user_id)
+    if user.role is not UserRole.ADMIN:
+        raise _denied(user_id, "manage training runs")
+    return user

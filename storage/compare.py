@@ -15,14 +15,20 @@ turn's history, and in clinician mode the consultation's answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from loguru import logger
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.access import access_compare_turn, access_comparison, may_start_comparison
+from storage.access import (
+    access_compare_turn,
+    access_comparison,
+    may_read_cases,
+    may_start_comparison,
+)
 from storage.attachments import attachments_by_id
 from storage.checks import as_enum, bounded_text, json_object, optional_count
 from storage.compare_context import (
@@ -53,6 +59,7 @@ from storage.models import (
     Consultation,
     FinishReason,
     Message,
+    MessageAttachment,
     MessageRole,
     ModelVariant,
     Side,
@@ -110,6 +117,9 @@ MESSAGES = {
 }
 
 
+#: Sources whose comparison names a consultation (clinician mode writes into it; a log only reads).
+CONSULTATION_SOURCES = (CompareSource.CONSULTATION, CompareSource.LOG)
+
 def _say(key: str, **fields: object) -> str:
     return bilingual(MESSAGES[key], **fields)
 
@@ -154,6 +164,7 @@ def create_comparison(
     case_id: int | None = None,
     case_turn: int | None = None,
     consultation_id: int | None = None,
+    message_id: int | None = None,
     prompt_text: str | None = None,
     prompt_attachments: Sequence[NewAttachment] = (),
 ) -> CompareTurnRecord:
@@ -161,7 +172,8 @@ def create_comparison(
 
     `source` "case": `case_id`, and `case_turn` (1, 2, ...; default its last turn) is the
     question, the turns before it with their reference answers the history. "consultation":
-    the creator's own consultation, its last (clinician's) message the question. "ad_hoc":
+    the creator's own consultation, its last (clinician's) message the question. "log": a
+    logged consultation up to `message_id` (a clinician's message), read only. "ad_hoc":
     `prompt_text` and `prompt_attachments` (already through intake). Raises PermissionDenied,
     NotFound, InvalidInput; nothing is written then.
     """
@@ -177,12 +189,16 @@ def create_comparison(
             question = from_case(session, case_id, case_turn)
         elif source is CompareSource.CONSULTATION:
             question = from_consultation(session, consultation_id)
+        elif source is CompareSource.LOG:
+            if message_id is None:
+                raise InvalidInput("a logged-consultation comparison needs a message id")
+            question = from_consultation(session, consultation_id, up_to=message_id)
         else:
             question = typed_question(session, [], prompt_text, prompt_attachments)
         comparison = Comparison(
             creator_id=creator_id, source=source, language=language, created_at=utcnow(),
             case_id=case_id if source is CompareSource.CASE else None,
-            consultation_id=consultation_id if source is CompareSource.CONSULTATION else None,
+            consultation_id=consultation_id if source in CONSULTATION_SOURCES else None,
             up_to_message_id=question.message_id,
         )  # fmt: skip
         session.add(comparison)
@@ -387,3 +403,64 @@ def list_compare_turns(db: Database, comparison_id: int, *, user_id: int) -> lis
         turns = session.scalars(select(ComparisonTurn).where(ComparisonTurn.comparison_id == comparison_id)
                                 .order_by(ComparisonTurn.position))  # fmt: skip
         return [_turn_record(session, t) for t in turns]
+
+
+# --- the log annotators compare on --------------------------------------------------------
+
+#: Characters of a logged question shown in the picker: enough to recognise it.
+LOG_PREVIEW_CHARS = 120
+
+
+@dataclass(frozen=True)
+class LoggedQuestion:
+    """A clinician's message in a logged consultation, as an annotator picks it to compare on
+    (`create_comparison(..., "log", consultation_id=, message_id=)`). Never who wrote it."""
+
+    consultation_id: int
+    message_id: int
+    turn: int
+    """1 for the consultation's first question, 2 for the next, ..."""
+    asked_at: datetime
+    preview: str
+    files: int
+
+
+def logged_questions(db: Database, user_id: int, *, limit: int = 200) -> list[LoggedQuestion]:
+    """The clinicians' questions annotators and admins may compare on, newest first: every
+    question on the current path of a consultation its owner has not deleted."""
+    with db.transaction(write=False) as session:
+        may_read_cases(session, user_id)
+        files = (select(MessageAttachment.message_id, func.count().label("n"))
+                 .group_by(MessageAttachment.message_id).subquery())  # fmt: skip
+        rows = session.execute(
+            select(Message, func.coalesce(files.c.n, 0))
+            .join(Consultation, Consultation.id == Message.consultation_id)
+            .outerjoin(files, files.c.message_id == Message.id)
+            .where(Consultation.deleted_at.is_(None))
+            .where(Message.superseded.is_(False))
+            .where(Message.role == MessageRole.USER)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        ).all()  # fmt: skip
+        turns = _question_numbers(session, {m.consultation_id for m, _ in rows})
+        return [LoggedQuestion(m.consultation_id, m.id, turns[m.id], m.created_at,
+                               _preview(m.text), n) for m, n in rows]  # fmt: skip
+
+
+def _question_numbers(session: Session, consultation_ids: set[int]) -> dict[int, int]:
+    """Message id -> its number among its consultation's questions on the current path."""
+    numbers: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for mid, cid in session.execute(
+        select(Message.id, Message.consultation_id)
+        .where(Message.consultation_id.in_(consultation_ids))
+        .where(Message.superseded.is_(False)).where(Message.role == MessageRole.USER)
+        .order_by(Message.consultation_id, Message.seq)
+    ):  # fmt: skip
+        counts[cid] = numbers[mid] = counts.get(cid, 0) + 1
+    return numbers
+
+
+def _preview(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= LOG_PREVIEW_CHARS else line[: LOG_PREVIEW_CHARS - 1] + "…"

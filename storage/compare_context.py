@@ -145,12 +145,18 @@ def _message_files(session: Session, message_ids: list[int]) -> dict[int, list[t
     return files
 
 
-def from_consultation(session: Session, consultation_id: int) -> Question:
-    """The consultation's current path; its last message (the clinician's) is the question.
+def from_consultation(session: Session, consultation_id: int, up_to: int | None = None) -> Question:
+    """The consultation's current path; its last message (the clinician's) is the question, or
+    the path up to message `up_to` (a clinician's message on it: a logged consultation).
     Answers that failed without text are left out, as the prompt builder leaves them out."""
     messages = list(session.scalars(
         select(Message).where(Message.consultation_id == consultation_id)
         .where(Message.superseded.is_(False)).order_by(Message.seq)))  # fmt: skip
+    if up_to is not None:
+        ends = [i for i, m in enumerate(messages) if m.id == up_to]
+        if not ends:
+            raise NotFound(f"message {up_to} is not on consultation {consultation_id}'s path")
+        messages = messages[: ends[0] + 1]
     if not messages or messages[-1].role is not MessageRole.USER:
         raise InvalidInput("no question to answer", user_message=_say("no_question"))
     files = _message_files(session, [m.id for m in messages if m.role is MessageRole.USER])

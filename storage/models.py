@@ -37,6 +37,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -380,6 +381,7 @@ class CompareSource(enum.StrEnum):
     CASE = "case"
     CONSULTATION = "consultation"  # the clinician compare mode: their own consultation
     AD_HOC = "ad_hoc"  # a patient turn typed by the annotator
+    LOG = "log"  # an annotator's comparison on a clinician's logged consultation, up to a turn
 
 
 class Side(enum.StrEnum):
@@ -605,3 +607,100 @@ class Vote(Base):
     time_to_vote_ms: Mapped[int | None] = mapped_column(Integer)
     idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Retrain: judge verdicts (cache) and training runs with their metrics -------------------
+# (storage/judge_cache.py, storage/runs.py; training/judge.py, training/reward.py)
+
+#: A host name as `socket.gethostname()` gives it (the runs' pid is only meaningful there).
+HOST_LENGTH = 255
+#: A metric's name ("loss", "crpo/accuracy").
+METRIC_NAME_LENGTH = 100
+
+
+class RunKind(enum.StrEnum):
+    SFT = "sft"
+    CRPO = "crpo"
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # its process went away; resumable from its last checkpoint
+
+
+class JudgeVerdict(Base):
+    """A judge's verdict on two answers in one order, cached by the content hash of everything
+    that decides it (`training.judge.cache_key`): the texts themselves are not stored."""
+
+    __tablename__ = "judge_verdicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), unique=True)
+    judge_model: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    language: Mapped[str] = mapped_column(String(LANGUAGE_LENGTH))
+    #: Per dimension: which of the two answers, in the order they were shown, is better.
+    proactiveness: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    accuracy: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    usefulness: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    language_quality: Mapped[Preference] = mapped_column(_enum_column(Preference))
+    #: The judge's reply as it came (a short JSON object), for audit.
+    raw: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingRun(Base):
+    """One SFT or CRPO run: what it trains from, where its process runs, how it ended."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        Index(None, "status"),
+        Index(None, "created_at"),
+        Index(None, "base_variant_id"),
+        Index(None, "variant_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[RunKind] = mapped_column(_enum_column(RunKind))
+    status: Mapped[RunStatus] = mapped_column(_enum_column(RunStatus))
+    #: The trainer's settings as given (steps, learning rate, judge URL, ...).
+    config: Mapped[dict[str, Any]]
+    base_variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_variants.id", ondelete="RESTRICT")
+    )
+    #: The exported dataset the run reads, and the ids of the rows it was exported from.
+    data_path: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    data_ids: Mapped[dict[str, Any] | None]
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The training process and the machine it runs on (`storage.runs.mark_interrupted_if_dead`).
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(HOST_LENGTH))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    last_checkpoint: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    output_dir: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    #: The variant the trained adapter was registered as (set only when the run succeeded).
+    variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_variants.id", ondelete="RESTRICT")
+    )
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+
+
+class TrainingMetric(Base):
+    """One number a run logged at one step (loss, learning rate, reward, ...): curves are drawn
+    from these rows. A step logged again (a run resumed from an earlier checkpoint) replaces
+    the earlier value. NULL: the value was not finite (SQLite cannot keep NaN)."""
+
+    __tablename__ = "training_metrics"
+    __table_args__ = (UniqueConstraint("run_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(METRIC_NAME_LENGTH))
+    value: Mapped[float | None] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

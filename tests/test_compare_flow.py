@@ -16,8 +16,17 @@ from contextlib import closing
 import httpx
 import pytest
 
+import storage
 from app.cases import load_case_file
-from app.compare import AdHoc, CompareConfig, Comparisons, FromCase, FromConsultation, draw_pair
+from app.compare import (
+    AdHoc,
+    CompareConfig,
+    Comparisons,
+    FromCase,
+    FromConsultation,
+    FromLog,
+    draw_pair,
+)
 from app.consult_tab import ConsultHandlers
 from app.workflow import Consultations
 from model.engines import EngineRegistry
@@ -25,6 +34,7 @@ from model.serve import free_port
 from storage import (
     Database,
     InvalidInput,
+    NotFound,
     PermissionDenied,
     Uploads,
     create_user,
@@ -33,9 +43,11 @@ from storage import (
     get_variant_by_name,
     history,
     list_votes,
+    logged_questions,
     record_vote,
     turn_context,
 )
+from storage.access import may_read_compared_attachment
 from tests.apphelpers import demo_case_file, png_file
 
 PASSWORD = "correct horse battery"
@@ -175,6 +187,52 @@ def test_consult_tab_compare_switch_pick_continues_with_dimensions_optional(worl
                     **dict(VOTE, accuracy=None))  # fmt: skip
     with pytest.raises(PermissionDenied):  # someone else's consultation
         list(h.compare(world["root"], cid))
+
+
+@pytest.mark.vllm
+def test_annotator_compares_on_a_logged_consultation_without_changing_it(world):
+    """An annotator picks a clinician's question from the log (never her name), compares on
+    the consultation up to it, votes and continues; the consultation is unchanged; the
+    history's image is readable for the annotator through the comparison only."""
+    db, flow, ann, alice = world["db"], world["flow"], world["ann"], world["alice"]
+    consult = world["consult"]
+    upload = png_file(world["tmp"] / "rash.png", 4, size=(96, 96))
+    world["uploads"].add("alice", [str(upload)])
+    cid, first = consult.add_turn(alice, None, "Rash on the forearm.", [("rash.png", str(upload))])
+    consult_pair = flow.start(alice, FromConsultation(cid))
+    stream_both(consult_pair)
+    flow.vote(alice, consult_pair.turn.id, dict(VOTE, overall="a"), "alice-log-0001")
+    _, second = consult.add_turn(alice, cid, "It itches at night.")
+    before = [(m.id, m.text) for m in history(db, cid, user_id=alice.id)]
+    image_id = history(db, cid, user_id=alice.id)[0].attachments[0].id
+
+    listed = [q for q in logged_questions(db, ann.id) if q.consultation_id == cid]
+    assert [(q.message_id, q.turn, q.files) for q in listed] == [(second.id, 2, 0), (first.id, 1, 1)]
+    assert "alice" not in repr(listed)
+    with pytest.raises(PermissionDenied):
+        logged_questions(db, alice.id)  # clinicians do not browse the log
+    with pytest.raises(PermissionDenied):  # nor compare on someone's log
+        flow.start(alice, FromLog(cid, second.id))
+
+    with db.transaction(write=False) as session:
+        assert not may_read_compared_attachment(session, ann.id, image_id)
+    pair = flow.start(ann, FromLog(cid, second.id))
+    stream_both(pair)
+    shown = turn_context(db, pair.turn.id, user_id=ann.id)
+    assert [m.text for m in shown][0::2] == ["Rash on the forearm.", "It itches at night."]
+    assert len(shown[0].attachments) == 1
+    with db.transaction(write=False) as session:
+        assert may_read_compared_attachment(session, ann.id, image_id)
+    flow.vote(ann, pair.turn.id, VOTE, "ann-log-0001")
+    stream_both(flow.continue_(ann, pair.turn.id, "Any fever?"))
+    assert [(m.id, m.text) for m in history(db, cid, user_id=alice.id)] == before
+
+    with pytest.raises(NotFound):  # a message not on the consultation
+        flow.start(ann, FromLog(cid, 10**6))
+    storage.delete_consultation(db, cid, alice.id)
+    with pytest.raises(NotFound):  # deleted by its owner: out of the log
+        flow.start(ann, FromLog(cid, second.id))
+    assert all(q.consultation_id != cid for q in logged_questions(db, ann.id))
 
 
 @pytest.mark.vllm
