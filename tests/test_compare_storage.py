@@ -2,7 +2,7 @@
 who may compare, vote and read, the snapshot of what was shown, case files whole or nothing.
 
 Run: OMP_NUM_THREADS=1 python -m pytest tests/test_compare_storage.py -q   (PostgreSQL tests
-need the server from tests/pg.py and skip, saying why, where none can be started)
+need the server from app/bench/postgres.py and skip, saying why, where none can be started)
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pg import PostgresUnavailable, fresh_database, postgres_server
 from sqlalchemy import func, select, update
 
+from app.bench.postgres import PostgresUnavailable, fresh_database, postgres_server
 from app.cases import CaseFileError, load_case_file
 from storage import (
     CompareSource,

@@ -337,7 +337,7 @@ def old_db(request, tmp_path):
         yield db
         db.dispose()
         return
-    from pg import PostgresUnavailable, fresh_database, postgres_server
+    from app.bench.postgres import PostgresUnavailable, fresh_database, postgres_server
 
     try:
         with postgres_server() as url:

@@ -1,7 +1,7 @@
 """Storage layer on a real, throwaway PostgreSQL server (psycopg 3): migrations and a round trip.
 
 Run: OMP_NUM_THREADS=1 python -m pytest tests/test_storage_pg.py -q -m postgres   (about 5 s)
-The server comes from tests/pg.py; the test skips, saying why, where none can be started.
+The server comes from app/bench/postgres.py; the test skips, saying why, where none can be started.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from pg import PostgresUnavailable, fresh_database, postgres_server
 from PIL import Image
 from sqlalchemy import text
 
+from app.bench.postgres import PostgresUnavailable, fresh_database, postgres_server
 from storage import (
     Conflict,
     Database,

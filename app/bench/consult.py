@@ -369,7 +369,7 @@ def _start_model(cfg: BenchConsultConfig, stack: ExitStack, tmp: Path) -> tuple[
 
 def _bootstrap_vllm() -> str:
     """The vLLM environment the tests use (`scripts/bootstrap vllm`: instant once it exists)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bootstrap"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap"
     if not script.is_file():
         raise BenchError("no vLLM environment: pass --vllm-python or set PULSEMIND_VLLM_PYTHON, "
                          "or use --model-url")  # fmt: skip

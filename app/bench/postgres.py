@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests: initdb + pg_ctl in a temporary folder.
+"""A throwaway PostgreSQL server for tests and benchmarks: initdb + pg_ctl in a temporary folder.
 
     with postgres_server() as url:           # postgresql+psycopg://pulsemind@/postgres?host=...
         db = Database(fresh_database(url, "t1"))
