@@ -7,7 +7,12 @@ UI, and typed errors (`model.errors`) instead of transport exceptions:
 - connection refused / DNS / reset before any answer  -> ModelUnreachable (retried once)
 - no first byte within `first_token_timeout_s`         -> ModelTimeout
 - a stream that breaks after text arrived             -> ModelDiedMidAnswer(partial=...)
-- HTTP 4xx (bad image, context too long, unknown model) -> ModelRejectedInput
+- HTTP 429 (rate limited: a hosted API)               -> waited for (`Retry-After`) and retried
+                                                         by the client, then ModelUnreachable
+                                                         (retryable: it is not the input's fault)
+- other HTTP 4xx (bad image, context too long, unknown model) -> ModelRejectedInput
+
+`complete(n=...)` gives each sample its own token count (vLLM's `return_token_ids`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class OpenAIEngineConfig:
     """Longest silence on the socket: covers prefill of a long multi-image prompt on a busy server."""
     retries: int = 1
     """Retries of a request that never reached the model (connection errors, 502/503/504)."""
+    sample_token_counts: bool = True
+    """Ask vLLM for each sample's token ids when n > 1 (`return_token_ids`), so every sample
+    carries its own completion token count; off for servers that refuse vLLM's fields."""
     stream_interval: int | None = None
     """vLLM: send streamed text every this many tokens (the first and last at once); None or 0
     leaves it to the server (every token). Fewer, larger chunks cost less to send and parse."""
@@ -124,6 +132,8 @@ class OpenAIEngine:
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
             return ModelUnreachable(f"{self.config.base_url}: {exc}")
         if isinstance(exc, openai.APIStatusError):
+            if exc.status_code == 429:  # busy, not wrong: the client already waited and retried
+                return ModelUnreachable(f"HTTP 429 (rate limited) from {self.config.base_url}")
             if 400 <= exc.status_code < 500:
                 return ModelRejectedInput(f"HTTP {exc.status_code}: {_api_detail(exc)}")
             return ModelUnreachable(f"HTTP {exc.status_code} from the model server")
@@ -182,8 +192,11 @@ class OpenAIEngine:
         n: int = 1,
         model: str | None = None,
     ) -> list[Completion]:
-        """`n` samples in one request (vLLM shares the prompt's prefill across them)."""
+        """`n` samples in one request (vLLM shares the prompt's prefill across them), each with
+        its own completion token count (None where the server does not say)."""
         req = self._request(messages, sampling, model)
+        if n > 1 and self.config.sample_token_counts:
+            req["extra_body"] = {**req.get("extra_body", {}), "return_token_ids": True}
         t0 = time.perf_counter()
         try:
             resp = self._client.chat.completions.create(**req, n=n)
@@ -196,7 +209,7 @@ class OpenAIEngine:
                 text=c.message.content or "",
                 finish_reason="length" if c.finish_reason == "length" else "stop",
                 prompt_tokens=getattr(usage, "prompt_tokens", None),
-                completion_tokens=None,
+                completion_tokens=_sample_tokens(c, usage, n),
                 latency_s=latency,
                 index=c.index,
             )
@@ -211,6 +224,15 @@ class OpenAIEngine:
             return [m.id for m in self._client.models.list()]
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise self._translate(exc) from exc
+
+
+def _sample_tokens(choice, usage, n: int) -> int | None:
+    """One sample's completion tokens: the usage total when it is the only sample, else the
+    length of its token ids (vLLM's `return_token_ids`); None if the server gave neither."""
+    if n == 1:
+        return getattr(usage, "completion_tokens", None)
+    token_ids = (getattr(choice, "model_extra", None) or {}).get("token_ids")
+    return len(token_ids) if isinstance(token_ids, list) else None
 
 
 def _api_detail(exc: openai.APIStatusError) -> str:

@@ -29,6 +29,9 @@ from loguru import logger
 MAX_IMAGES_PER_PROMPT = 30
 #: LoRA rank of the paper's adapters.
 MAX_LORA_RANK = 64
+#: LoRA slots: a CRPO run's policy plus the paper's C = 5 counterpart adapters. vLLM reserves
+#: the slots' weights up front: at rank 64, about 1 GB each for a 32B model in bf16.
+MAX_LORAS = 6
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,8 +60,9 @@ class ServeConfig:
     lora_modules: dict[str, str] = field(default_factory=dict)
     """Adapters to load at start: name -> directory."""
     max_lora_rank: int = MAX_LORA_RANK
-    max_loras: int = 4
-    """Adapters resident at once (each variant in Compare is one)."""
+    max_loras: int = MAX_LORAS
+    """Adapters resident at once: each adapter variant in Compare is one, and a CRPO run
+    serves its policy beside C counterpart adapters."""
     max_images: int = MAX_IMAGES_PER_PROMPT
     dtype: str = "auto"
     """'float32' on CPU for the tiny test model; 'auto' (bf16) on a GPU."""
