@@ -88,6 +88,28 @@ PAGE: dict[str, Entry] = {
     "consult.compare.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
     "consult.compare.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
     "consult.compare.language_quality": {"en": "Language quality", "zh-CN": "语言质量"},
+    # Retrain tab (app/retrain_tab.py)
+    "retrain.tab": {"en": "Retrain", "zh-CN": "再训练"},
+    "retrain.kind": {"en": "Method", "zh-CN": "训练方法"},
+    "retrain.base": {"en": "Base model variant", "zh-CN": "基础模型版本"},
+    "retrain.data": {"en": "Training data", "zh-CN": "训练数据"},
+    "retrain.steps": {"en": "Training steps", "zh-CN": "训练步数"},
+    "retrain.judge_url": {"en": "Judge server URL", "zh-CN": "评判模型服务器地址"},
+    "retrain.judge_model": {"en": "Judge model name", "zh-CN": "评判模型名称"},
+    "retrain.generations": {
+        "en": "Answers sampled per prompt (G)",
+        "zh-CN": "每个问题采样的回答数（G）",
+    },
+    "retrain.counterparts": {
+        "en": "Counterpart answers per sample (C)",
+        "zh-CN": "每个回答的对照回答数（C）",
+    },
+    "retrain.start": {"en": "Start training", "zh-CN": "开始训练"},
+    "retrain.runs": {"en": "Training runs", "zh-CN": "训练记录"},
+    "retrain.run": {"en": "Run number", "zh-CN": "训练编号"},
+    "retrain.resume": {"en": "Resume from the last checkpoint", "zh-CN": "从上一个检查点继续"},
+    "retrain.curves": {"en": "Loss and reward", "zh-CN": "损失与奖励"},
+    "retrain.learning_rate": {"en": "Learning rate", "zh-CN": "学习率"},
     # the Compare tab (app/compare_tab.py): annotators and admins
     "compare.tab": {"en": "Compare", "zh-CN": "对比评估"},
     "compare.unavailable": {
@@ -103,6 +125,12 @@ PAGE: dict[str, Entry] = {
     },
     "compare.from_case": {"en": "From a case set", "zh-CN": "从病例集选择"},
     "compare.from_typed": {"en": "Type a patient turn", "zh-CN": "自行输入患者提问"},
+    "compare.from_log": {"en": "From a logged consultation", "zh-CN": "从会诊记录选择"},
+    "compare.log": {"en": "A clinician's question", "zh-CN": "医生的提问"},
+    "compare.log_info": {
+        "en": "The consultation up to this question is compared; who asked is not shown.",
+        "zh-CN": "对比截至该提问的会诊内容；不显示提问者。",
+    },
     "compare.case_set": {"en": "Case set", "zh-CN": "病例集"},
     "compare.case": {"en": "Case", "zh-CN": "病例"},
     "compare.turn": {"en": "Question (patient turn)", "zh-CN": "提问（患者轮次）"},
@@ -114,6 +142,8 @@ PAGE: dict[str, Entry] = {
     "compare.start": {"en": "Start comparison", "zh-CN": "开始对比"},
     "compare.context": {"en": "Conversation so far", "zh-CN": "目前的对话"},
     "compare.answer_a": {"en": "Answer A", "zh-CN": "回答 A"},
+    "compare.heading_a": {"en": "#### Answer A", "zh-CN": "#### 回答 A"},
+    "compare.heading_b": {"en": "#### Answer B", "zh-CN": "#### 回答 B"},
     "compare.answer_b": {"en": "Answer B", "zh-CN": "回答 B"},
     "compare.stop": {"en": "Stop", "zh-CN": "停止"},
     "compare.your_vote": {"en": "### Your vote", "zh-CN": "### 您的评价"},
@@ -125,7 +155,7 @@ PAGE: dict[str, Entry] = {
     "compare.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
     "compare.accuracy_info": {
         "en": "Medically sound, no factual errors",
-        "zh-CN": "医学上正确，没有事实性错误",
+        "zh-CN": "医学内容正确，无事实性差错",
     },
     "compare.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
     "compare.usefulness_info": {"en": "Clear and actionable", "zh-CN": "清晰、可操作"},
@@ -289,6 +319,32 @@ SERVER: dict[str, Entry] = {
         "single answer to your message.",
         "zh-CN": "有一个回答未能完成，无法在这一对中选择。请点击“重试”获取对您消息的单个回答。",
     },
+    "retrain.data.since_last": {
+        "en": "Everything logged since the last run",
+        "zh-CN": "上次训练以来记录的全部数据",
+    },
+    "retrain.status.queued": {"en": "queued", "zh-CN": "排队中"},
+    "retrain.status.running": {"en": "running", "zh-CN": "训练中"},
+    "retrain.status.succeeded": {"en": "succeeded", "zh-CN": "已完成"},
+    "retrain.status.failed": {"en": "failed", "zh-CN": "失败"},
+    "retrain.status.interrupted": {"en": "interrupted", "zh-CN": "已中断"},
+    "retrain.started": {
+        "en": "Run {id} started. It keeps running if you close this page.",
+        "zh-CN": "训练 {id} 已开始，关闭此页面也会继续运行。",
+    },
+    "retrain.resumed": {
+        "en": "Run {id} resumed from its last checkpoint.",
+        "zh-CN": "训练 {id} 已从上一个检查点继续。",
+    },
+    "retrain.progress": {
+        "en": "Step {step} of {total} · {status}",
+        "zh-CN": "第 {step} 步，共 {total} 步 · {status}",
+    },
+    "retrain.registered": {
+        "en": "The new adapter is registered as variant {name} and is now compared against "
+        "its base in Compare.",
+        "zh-CN": "新的适配器已注册为模型版本 {name}，现已在对比中与其基础模型进行比较。",
+    },
     "consult.compare.streaming": {
         "en": "Two models are answering; pick the better answer when both are done.",
         "zh-CN": "两个模型正在回答，两者都完成后请选择更好的回答。",
@@ -310,6 +366,15 @@ SERVER: dict[str, Entry] = {
     },
     "compare.case_choice": {"en": "{n}. {title}", "zh-CN": "{n}. {title}"},
     "compare.turn_choice": {"en": "Turn {n}", "zh-CN": "第 {n} 轮"},
+    "compare.log_choice": {
+        "en": "Consultation #{cid} · question {turn} · {day} · {preview}",
+        "zh-CN": "会诊 #{cid} · 第 {turn} 个提问 · {day} · {preview}",
+    },
+    "compare.earlier": {"en": "Earlier answer", "zh-CN": "此前的回答"},
+    "compare.pick_log": {
+        "en": "Choose a question from the log first.",
+        "zh-CN": "请先从会诊记录中选择一个提问。",
+    },
     "compare.patient": {"en": "Patient", "zh-CN": "患者"},
     "compare.reference": {"en": "Reference doctor", "zh-CN": "参考医生"},
     "compare.kept": {"en": "Kept answer", "zh-CN": "保留的回答"},

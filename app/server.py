@@ -36,6 +36,7 @@ from app.edge import parse_id, parse_index, user_message
 from app.i18n import I18N, SERVER, error_text, t
 from app.language import LANGUAGES, LanguagePage, request_language
 from app.request_guard import RequestGuard
+from app.retrain import Retrain
 from app.sessions import SessionGuard, uvicorn_proxy_options
 from app.ui import CSS_PATH, build_ui
 from app.workflow import Consultations
@@ -143,7 +144,10 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     uploads = Uploads()
     flow = Consultations(db, engines, uploads, checkpoint_s=config.checkpoint_s)
     comparisons = Comparisons(db, engines, uploads)  # the same engines and uploads
-    blocks = build_ui(config, db, auth, flow, comparisons)
+    retrain = Retrain(db, db.url.render_as_string(hide_password=False), config.data_dir)
+    for run in retrain.recover():  # its process went away with the machine or was killed
+        logger.warning("training run {} was interrupted; resume it from the Retrain tab", run.id)
+    blocks = build_ui(config, db, auth, flow, comparisons, retrain)
     blocks.max_threads = config.concurrency + 16
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)

@@ -12,7 +12,7 @@ follow the header or the switch's cookie, and a streamed answer's failure status
 Browser parts (marked `browser`, Debian's chromium, as in tests/test_browser.py): the page for a
 Chromium whose locale is zh-CN (login form, labels, `<html lang="zh-CN">`, a Chinese turn typed,
 answered and rendered), the switch to English and back, and an annotator's page (no Consult
-tab, a plain message, no error badge anywhere). Screenshots go to tests/artifacts/:
+tab, only Compare, no error badge anywhere). Screenshots go to tests/artifacts/:
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_i18n.py -q
 """
@@ -367,11 +367,13 @@ def test_annotator_lands_on_their_own_page(chromium, demo_app):  # noqa: F811 - 
     page = context.new_page()
     try:
         page.goto(url + "/")
-        page.get_by_text("Nothing to annotate yet").wait_for(state="visible", timeout=WAIT_MS)
+        # Compare is the annotator's only tab (one variant here: the tab says two are needed)
+        page.get_by_role("button", name="Start comparison").first.wait_for(timeout=WAIT_MS)
+        assert page.get_by_role("tab", name="Compare", exact=True).count() == 1
         assert "ann" in page.locator("#whoami").inner_text()
         time.sleep(2)  # the page-load chain has ended (the Consult handlers would run now)
         assert page.locator("#consult-chat").count() == 0
-        assert page.get_by_role("tab", name="Consult").count() == 0
+        assert page.get_by_role("tab", name="Consult", exact=True).count() == 0
         assert page.get_by_text("New consultation").count() == 0
         assert page.locator(ERROR_MARKS).count() == 0
         assert "Error" not in page.locator("body").inner_text()
@@ -382,7 +384,7 @@ def test_annotator_lands_on_their_own_page(chromium, demo_app):  # noqa: F811 - 
 
         # the same page in Chinese
         page.get_by_role("link", name="中文").click()
-        page.get_by_text("暂无待标注内容").wait_for(state="visible", timeout=WAIT_MS)
+        page.get_by_role("button", name="开始对比").first.wait_for(timeout=WAIT_MS)
         time.sleep(2)
         assert (
             page.locator(ERROR_MARKS).count() == 0
@@ -403,6 +405,6 @@ def test_annotator_lands_on_their_own_page(chromium, demo_app):  # noqa: F811 - 
         page.goto(url + "/")
         page.get_by_role("button", name="New consultation").wait_for(timeout=WAIT_MS)
         page.get_by_role("button", name="Use via API").wait_for(state="visible", timeout=WAIT_MS)
-        assert page.locator("#annotate-empty").count() == 0
+        assert page.get_by_role("tab", name="Compare", exact=True).count() == 1
     finally:
         context.close()
