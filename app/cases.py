@@ -1,6 +1,6 @@
 """Case files: `pulsemind cases load FILE [--name SET]`, whole or nothing.
 
-Two formats (docs/design.md, "Case files"):
+Three formats (docs/design.md, "Case files"):
 
 - PulseMind JSONL, one consultation per line:
   `{"id": "c1", "cate1": "...", "cate2": "...", "turns": [{"patient": "...",
@@ -8,6 +8,9 @@ Two formats (docs/design.md, "Case files"):
   only the last turn may lack `doctor`.
 - CMtMedQA JSON (Zhongjing), a list of `{id, cate1, cate2, instruction, output,
   history: [[patient, doctor], ...]}`: the history's pairs, then (instruction, output).
+- MedDiagnose-style JSON, a list of `{id, cate1, cate2, dialogue: [{"role": "patient" |
+  "doctor", "text": "...", "images": ["md-1/a.jpg"]}, ...]}` with an images folder (default
+  `images/` beside the file): consecutive messages of one side are one turn.
 
 Every line or record is checked and every image taken in (`model.intake`: de-identified,
 scaled) before anything is stored; a problem is reported naming its line or record (up to
@@ -39,6 +42,12 @@ MAX_CASE_FILE_BYTES = 1 << 30
 MAX_REPORTED_PROBLEMS = 20
 JSONL_KEYS = {"id", "cate1", "cate2", "turns"}
 TURN_KEYS = {"patient", "images", "doctor"}
+#: MedDiagnose-style: the roles a dialogue message may have, and the default images folder.
+DIALOGUE_ROLES = ("patient", "doctor")
+IMAGES_FOLDER = "images"
+#: `--format` names (the command line's) of the stored formats.
+FORMAT_NAMES = {"jsonl": CaseFormat.PULSEMIND_JSONL, "cmtmedqa": CaseFormat.CMTMEDQA,
+                "meddiagnose": CaseFormat.MEDDIAGNOSE}  # fmt: skip
 
 WHERE = {
     "line": {"en": "Line {n}", "zh-CN": "第 {n} 行"},
@@ -59,19 +68,31 @@ PROBLEMS = {
                "zh-CN": "第 {t} 轮：\"doctor\" 必须是非空文本（只有最后一轮可以没有）。"},
     "images": {"en": "turn {t}: \"images\" must be a list of paths.",
                "zh-CN": "第 {t} 轮：\"images\" 必须是路径列表。"},
-    "image_path": {"en": "turn {t}: image {path!r} must be a path inside the file's folder.",
-                   "zh-CN": "第 {t} 轮：图像 {path!r} 必须是文件所在文件夹内的路径。"},
+    "image_path": {"en": "turn {t}: image {path!r} must be a path inside the file's folder "
+                         "(MedDiagnose: the images folder).",
+                   "zh-CN": "第 {t} 轮：图像 {path!r} 必须是文件所在文件夹（MedDiagnose：图像文件夹）内的路径。"},
     "image_missing": {"en": "turn {t}: image {path!r} cannot be read ({error}).",
                       "zh-CN": "第 {t} 轮：无法读取图像 {path!r}（{error}）。"},
     "image_refused": {"en": "turn {t}: image {path!r} cannot be used: {error}",
                       "zh-CN": "第 {t} 轮：图像 {path!r} 无法使用：{error}"},
-    "list": {"en": "must be a JSON list of records (CMtMedQA).",
-             "zh-CN": "必须是记录组成的 JSON 列表（CMtMedQA）。"},
+    "list": {"en": "must be a JSON list of records (CMtMedQA, MedDiagnose).",
+             "zh-CN": "必须是记录组成的 JSON 列表（CMtMedQA、MedDiagnose）。"},
     "instruction": {"en": "\"instruction\" must be non-empty text.",
                     "zh-CN": "\"instruction\" 必须是非空文本。"},
     "output": {"en": "\"output\" must be non-empty text.", "zh-CN": "\"output\" 必须是非空文本。"},
     "history": {"en": "\"history\" must be a list of [patient, doctor] text pairs (pair {t} is not).",
                 "zh-CN": "\"history\" 必须是 [患者, 医生] 文本对的列表（第 {t} 对不是）。"},
+    "dialogue": {"en": "needs a non-empty list \"dialogue\" of messages.",
+                 "zh-CN": "需要非空的消息列表 \"dialogue\"。"},
+    "message": {"en": "message {m} must be an object with \"role\" (patient or doctor) and "
+                      "\"text\".",
+                "zh-CN": "第 {m} 条消息必须是含 \"role\"（patient 或 doctor）和 \"text\" 的对象。"},
+    "first_patient": {"en": "the dialogue must start with the patient.",
+                      "zh-CN": "对话必须以患者开始。"},
+    "doctor_images": {"en": "message {m}: only the patient's messages may carry images.",
+                      "zh-CN": "第 {m} 条消息：只有患者的消息可以带图像。"},
+    "format": {"en": "has an unknown format {format!r}; use one of {known}.",
+               "zh-CN": "格式 {format!r} 未知；请使用 {known} 之一。"},
     "empty": {"en": "holds no cases.", "zh-CN": "中没有病例。"},
     "too_big": {"en": "is larger than {limit} MiB.", "zh-CN": "大于 {limit} MiB。"},
     "unreadable": {"en": "cannot be read ({error}).", "zh-CN": "无法读取（{error}）。"},
@@ -168,6 +189,46 @@ class _Reader:
         return NewCase(new_turns, _optional_label(record, "id"), _optional_label(record, "cate1"),
                        _optional_label(record, "cate2"))  # fmt: skip
 
+    def meddiagnose_case(self, record: object) -> NewCase:
+        """A MedDiagnose-style dialogue: runs of patient messages, each answered by the run of
+        doctor messages after it (joined by a blank line); images on patient messages only."""
+        if not isinstance(record, dict):
+            raise _Problem("object")
+        dialogue = record.get("dialogue")
+        if not isinstance(dialogue, list) or not dialogue:
+            raise _Problem("dialogue")
+        runs: list[tuple[str, list[str], list]] = []  # (role, texts, image paths)
+        for m, message in enumerate(dialogue, start=1):
+            if (not isinstance(message, dict) or message.get("role") not in DIALOGUE_ROLES
+                    or not isinstance(message.get("text", ""), str)):  # fmt: skip
+                raise _Problem("message", m=m)
+            images = message.get("images") or []
+            if not isinstance(images, list):
+                raise _Problem("images", t=len(runs) // 2 + 1)
+            if images and message["role"] == "doctor":
+                raise _Problem("doctor_images", m=m)
+            if not runs or runs[-1][0] != message["role"]:
+                runs.append((message["role"], [], []))
+            text = message.get("text", "").strip()
+            if text:
+                runs[-1][1].append(text)
+            runs[-1][2].extend(images)
+        if runs[0][0] != "patient":
+            raise _Problem("first_patient")
+        turns = []
+        for t, start in enumerate(range(0, len(runs), 2), start=1):
+            _, texts, images = runs[start]
+            attachments = [self.image(p, t) for p in images]
+            patient = "\n\n".join(texts)
+            if not (patient or attachments):
+                raise _Problem("patient", t=t)
+            doctor = "\n\n".join(runs[start + 1][1]) if start + 1 < len(runs) else None
+            if doctor is not None or start + 1 < len(runs):
+                doctor = _text(doctor, "doctor", t=t)
+            turns.append(NewCaseTurn(patient, doctor, attachments))
+        return NewCase(turns, _optional_label(record, "id"), _optional_label(record, "cate1"),
+                       _optional_label(record, "cate2"))  # fmt: skip
+
     @staticmethod
     def cmtmedqa_case(record: object) -> NewCase:
         if not isinstance(record, dict):
@@ -204,10 +265,14 @@ def read_case_file(
     format: CaseFormat | str | None = None,
     limits: IntakeLimits | None = None,
     progress: bool = False,
+    images: str | Path | None = None,
 ) -> tuple[CaseFormat, list[NewCase], str]:
-    """(format, cases, sha256 of the file) of a case file; CaseFileError lists what is wrong.
+    """(format, cases, sha256) of a case file; CaseFileError lists what is wrong.
 
-    `format` None: told from the content (a JSON list is CMtMedQA, else JSONL).
+    `format` None: told from the content (a JSON list of records with "dialogue" is
+    MedDiagnose-style, another JSON list CMtMedQA, else JSONL); a `FORMAT_NAMES` name or a
+    `CaseFormat`. `images`: the MedDiagnose images folder (default `images/` beside the
+    file). The sha256 is the file's; for MedDiagnose it also covers the images, in order.
     """
     path = Path(path)
     try:
@@ -219,13 +284,18 @@ def read_case_file(
         error = getattr(exc, "strerror", None) or type(exc).__name__
         raise CaseFileError([_describe("file", None, _Problem("unreadable", error=error))]) from None
     sha256 = hashlib.sha256(data).hexdigest()
-    if format is None:
-        format = CaseFormat.CMTMEDQA if text.lstrip().startswith("[") else CaseFormat.PULSEMIND_JSONL
-    format = CaseFormat(format)
-    reader = _Reader(path.parent, limits or IntakeLimits())
+    json_list = format is None and text.lstrip().startswith("[")
+    try:
+        format = (CaseFormat.CMTMEDQA if json_list else CaseFormat.PULSEMIND_JSONL
+                  if format is None else FORMAT_NAMES.get(str(format)) or CaseFormat(format))  # fmt: skip
+    except ValueError:
+        known = ", ".join(FORMAT_NAMES)
+        raise CaseFileError([_describe("file", None, _Problem("format", format=format, known=known))]) from None
+    limits = limits or IntakeLimits()
+    reader = _Reader(path.parent, limits)
     cases: list[NewCase] = []
     problems: list[str] = []
-    if format is CaseFormat.CMTMEDQA:
+    if format in (CaseFormat.CMTMEDQA, CaseFormat.MEDDIAGNOSE):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -233,8 +303,13 @@ def read_case_file(
             raise CaseFileError([_describe("file", None, _Problem("json", error=error))]) from None
         if not isinstance(records, list):
             raise CaseFileError([_describe("file", None, _Problem("list"))])
-        numbered, where, build = enumerate(records, start=1), "record", reader.cmtmedqa_case
-        total = len(records)
+        if json_list and records and isinstance(records[0], dict) and "dialogue" in records[0]:
+            format = CaseFormat.MEDDIAGNOSE
+        build = reader.cmtmedqa_case
+        if format is CaseFormat.MEDDIAGNOSE:
+            folder = Path(images) if images is not None else path.parent / IMAGES_FOLDER
+            build = _Reader(folder, limits).meddiagnose_case
+        numbered, where, total = enumerate(records, start=1), "record", len(records)
     else:
         numbered, where, build = _jsonl_records(text), "line", reader.jsonl_case
         total = text.count("\n") + 1
@@ -251,6 +326,9 @@ def read_case_file(
         problems.append(_describe("file", None, _Problem("empty")))
     if problems:
         raise CaseFileError(problems)
+    if format is CaseFormat.MEDDIAGNOSE:  # the same file with other images is another data set
+        files = "".join(a.sha256 for c in cases for t in c.turns for a in t.attachments)
+        sha256 = hashlib.sha256(data + files.encode()).hexdigest()
     return format, cases, sha256
 
 
@@ -263,10 +341,12 @@ def load_case_file(
     user_id: int | None = None,
     limits: IntakeLimits | None = None,
     progress: bool = False,
+    images: str | Path | None = None,
 ) -> CaseSetRecord:
     """Read the file and store it as the case set `name` (default: the file's stem), whole or
     not at all. CaseFileError for a bad file; storage errors (a taken name) as raised."""
-    case_format, cases, sha256 = read_case_file(path, format=format, limits=limits, progress=progress)
+    case_format, cases, sha256 = read_case_file(path, format=format, limits=limits,
+                                                progress=progress, images=images)  # fmt: skip
     return import_case_set(db, name or Path(path).stem, case_format, sha256, cases, user_id=user_id)
 
 

@@ -7,14 +7,23 @@
     pulsemind bench intake [FILE...]                                # intake speed and bytes saved
     pulsemind bench consult [--concurrency 1 16]                    # app vs direct-to-vLLM ratios
     pulsemind bench deid                                            # identifier recall/precision
+    pulsemind bench reward [--url URL --model NAME]                 # CRPO judging: concurrent vs serial
+    pulsemind judge --a FILE|TEXT --b FILE|TEXT [--context ..] [--reference ..] --url URL
+                    --model NAME [--both-orders] [--lang zh-CN]     # four-dimension verdict
     pulsemind db upgrade                                            # apply migrations
     pulsemind user add NAME --role ROLE                             # create a user (asks password)
     pulsemind variant add NAME --endpoint URL --model SERVED [--adapter DIR] [--parent NAME]
                           [--temperature T --top-p P --max-tokens N --seed S]
     pulsemind variant list | activate NAME | deactivate NAME        # model variants in Compare
-    pulsemind cases load FILE [--name SET] [--format jsonl|cmtmedqa] # import a case set
+    pulsemind cases load FILE [--name SET] [--format jsonl|cmtmedqa|meddiagnose] [--images DIR]
     pulsemind export --kind sft|pairs|crpo OUT [--include-flagged] [--since ISO] [--policy V]
     pulsemind leaderboard [--dimension F ...] [--csv DIR] [--plot FILE] [--as ADMIN]  # BT ratings
+    pulsemind sft --data EXPORT --base VARIANT|DIR --out DIR [--steps N] [--resume]
+                  [--deepspeed training/zero3.json]                 # LoRA SFT (training/sft.py)
+    pulsemind crpo --data EXPORT --policy VARIANT|DIR --judge-url URL --judge-model NAME --out DIR
+    pulsemind eval run --cases FILE --model VARIANT --opponent VARIANT|reference --judge URL
+                       --judge-model NAME [--limit N | --sample N --seed S] [--resume RUN]
+    pulsemind eval agreement [--judge URL --judge-model NAME]       # judge vs clinicians' votes
 
 Each subcommand imports what it needs when it runs, so `pulsemind --help` is instant.
 """
@@ -38,6 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lora_modules=loras,
         dtype=args.dtype,
         max_model_len=args.max_model_len,
+        max_loras=args.max_loras,
         **({"python": args.python} if args.python else {}),
     )
     server = VLLMServer(cfg)
@@ -173,8 +183,8 @@ def _cmd_cases(args: argparse.Namespace) -> int:
     from storage import StorageError, import_case_set
 
     try:
-        fmt = {"jsonl": "pulsemind_jsonl", "cmtmedqa": "cmtmedqa"}.get(args.format)
-        case_format, cases, sha256 = read_case_file(args.file, format=fmt, progress=True)
+        case_format, cases, sha256 = read_case_file(args.file, format=args.format, progress=True,
+                                                    images=args.images)  # fmt: skip
         record = import_case_set(_database(args), args.name or Path(args.file).stem, case_format,
                                  sha256, cases)  # fmt: skip
     except (StorageError, PulseMindError) as exc:
@@ -205,7 +215,7 @@ class _Version(argparse.Action):
 
 
 #: `pulsemind bench WHAT`: a module app/bench/WHAT.py with `main(argv) -> int`.
-BENCHMARKS = ["intake", "consult", "deid", "compare", "reward", "sft"]
+BENCHMARKS = ["intake", "consult", "deid", "compare", "reward", "sft", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dtype", default="auto", help="'float32' on CPU, 'auto' on GPU")
     s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument("--max-loras", type=int, default=6,
+                   help="LoRA adapters resident at once (a CRPO policy + 5 counterparts: 6)")  # fmt: skip
     s.add_argument(
         "--python",
         default=None,
@@ -277,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl = cs.add_parser("load", help="load a case file, whole or nothing")
     cl.add_argument("file")
     cl.add_argument("--name", default=None, help="case set name (default: the file's stem)")
-    cl.add_argument("--format", choices=["jsonl", "cmtmedqa"], default=None,
+    cl.add_argument("--format", choices=["jsonl", "cmtmedqa", "meddiagnose"], default=None,
                     help="default: told from the content")  # fmt: skip
+    cl.add_argument("--images", default=None,
+                    help="MedDiagnose: the images folder (default: images/ beside the file)")  # fmt: skip
     cl.add_argument("--database-url", default=None)
     c.set_defaults(func=_cmd_cases)
 
@@ -301,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     _add_export_parser(sub)
     _add_leaderboard_parser(sub)
+    _add_judge_parser(sub)
+    _add_eval_parser(sub)
+    for kind in ("sft", "crpo"):
+        _add_training_parser(sub, kind)
     return p
 
 
@@ -406,6 +424,131 @@ def _add_leaderboard_parser(sub) -> None:
                     help="leave votes with quality flags out of the ratings")  # fmt: skip
     lb.add_argument("--database-url", default=None)
     lb.set_defaults(func=_cmd_leaderboard)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """`pulsemind sft|crpo`: training/sft.py and training/crpo.py parse and run their own."""
+    import importlib
+
+    from model.errors import PulseMindError
+
+    trainer = importlib.import_module(f"training.{args.command}")
+    try:
+        return trainer.cli_main(args, lambda: _database(args))
+    except PulseMindError as exc:
+        raise _fail(args.command, exc) from exc
+
+
+def _add_training_parser(sub, kind: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"training.{kind}")  # light: torch loads when it runs
+    t = sub.add_parser(kind, help=module.__doc__.split("\n")[0])
+    module.add_arguments(t)
+    t.add_argument("--database-url", default=None, help="where variants (and runs) live")
+    t.set_defaults(func=_cmd_train)
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    """`pulsemind judge`: one four-dimension verdict (training/judge.py)."""
+    from model.errors import PulseMindError
+    from training.judge import run_cli
+
+    try:
+        return run_cli(args)
+    except PulseMindError as exc:
+        raise _fail("judge", exc) from exc
+
+
+def _add_judge_parser(sub) -> None:
+    j = sub.add_parser("judge", help="which of two answers is better, per dimension (one call)")
+    j.add_argument("--a", required=True, metavar="FILE_OR_TEXT", help="answer A (a file or text)")
+    j.add_argument("--b", required=True, metavar="FILE_OR_TEXT", help="answer B (a file or text)")
+    j.add_argument("--context", default=None, metavar="FILE_OR_TEXT",
+                   help="the consultation before the answers")  # fmt: skip
+    j.add_argument("--reference", default=None, metavar="FILE_OR_TEXT",
+                   help="the reference doctor's reply, if there is one")  # fmt: skip
+    j.add_argument("--url", required=True, help="the judge's OpenAI-compatible server (…/v1)")
+    j.add_argument("--model", required=True, help="the judge model's served name")
+    j.add_argument("--both-orders", action="store_true",
+                   help="judge (A, B) and (B, A); keep only consistent wins")  # fmt: skip
+    j.add_argument("--lang", default="en", choices=["en", "zh-CN"], help="prompt language")
+    j.add_argument("--structured", default="auto", choices=["auto", "vllm", "json_schema", "none"],
+                   help="how the reply is constrained (auto: vLLM's, else response_format)")  # fmt: skip
+    j.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="environment variable holding a hosted API's key "
+                        "(default: $PULSEMIND_JUDGE_API_KEY)")  # fmt: skip
+    j.add_argument("--max-tokens", type=int, default=200)
+    j.add_argument("--temperature", type=float, default=0.0)
+    j.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    j.add_argument("--no-cache", action="store_true", help="neither read nor store verdicts")
+    j.add_argument("--database-url", default=None, help="where verdicts are cached")
+    j.set_defaults(func=_cmd_judge)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """`pulsemind eval run|agreement`: the PulseMind Benchmark (training/eval.py,
+    training/eval_agreement.py); case files are read here (app/cases.py)."""
+    if args.action == "agreement":
+        from training.eval_agreement import cli_main
+
+        return cli_main(args, lambda: _database(args))
+    from app.cases import read_case_file
+    from training.eval import cli_main
+
+    if args.resume is None:
+        missing = [f"--{n.replace('_', '-')}" for n in ("cases", "model", "opponent", "judge",
+                                                        "judge_model") if not getattr(args, n)]  # fmt: skip
+        if missing:
+            raise SystemExit(f"pulsemind eval run: {', '.join(missing)} needed (or --resume RUN)")
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("cases", "model", "opponent", "judge_model")
+                 if getattr(args, n)]  # fmt: skip
+        if given:
+            raise SystemExit(f"pulsemind eval run: {', '.join(given)} cannot change a run; "
+                             "--resume takes them from the run (--judge may be a new address)")  # fmt: skip
+    return cli_main(args, lambda: _database(args), read_case_file)
+
+
+def _add_eval_parser(sub) -> None:
+    e = sub.add_parser("eval", help="the PulseMind Benchmark: win rates, judge-clinician agreement")
+    es = e.add_subparsers(dest="action", required=True)
+    r = es.add_parser("run", help="a variant vs an opponent on a case file, judged per case")
+    r.add_argument("--cases", default=None, metavar="FILE",
+                   help="case file: PulseMind JSONL, CMtMedQA JSON or MedDiagnose-style JSON")  # fmt: skip
+    r.add_argument("--format", default="auto", choices=["auto", "jsonl", "cmtmedqa", "meddiagnose"])
+    r.add_argument("--images", default=None,
+                   help="MedDiagnose: the images folder (default: images/ beside the file)")  # fmt: skip
+    r.add_argument("--model", default=None, metavar="VARIANT", help="the variant evaluated")
+    r.add_argument("--opponent", default=None, metavar="VARIANT|reference",
+                   help="another variant, or 'reference': the reference doctor's answers")  # fmt: skip
+    r.add_argument("--judge", default=None, metavar="URL", help="the judge's server (…/v1)")
+    r.add_argument("--judge-model", default=None, metavar="NAME", help="the judge's served name")
+    pick = r.add_mutually_exclusive_group()
+    pick.add_argument("--limit", type=int, default=None, metavar="N", help="the first N cases")
+    pick.add_argument("--sample", type=int, default=None, metavar="N",
+                      help="N cases drawn at random (with --seed)")  # fmt: skip
+    r.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    r.add_argument("--concurrency", type=int, default=16, help="cases in flight at once")
+    r.add_argument("--resume", type=int, default=None, metavar="RUN",
+                   help="continue an interrupted run (its finished cases are kept)")  # fmt: skip
+    r.add_argument("--lang", default="zh-CN", choices=["zh-CN", "en"],
+                   help="prompt language of the model and the judge")  # fmt: skip
+    r.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    r.add_argument("--judge-max-tokens", type=int, default=200)
+    r.add_argument("--out", default="eval-runs", help="folder for run-N.md / .csv / .png")
+    a = es.add_parser("agreement", help="how often the judge agrees with the clinicians' votes")
+    a.add_argument("--judge", default=None, metavar="URL",
+                   help="the judge's server (…/v1); none: show the last measurement")  # fmt: skip
+    a.add_argument("--judge-model", default=None, metavar="NAME")
+    a.add_argument("--lang", default="en", choices=["en", "zh-CN"], help="judge prompt language")
+    a.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    a.add_argument("--concurrency", type=int, default=16, help="judge calls in flight at once")
+    a.add_argument("--judge-max-tokens", type=int, default=200)
+    a.add_argument("--out", default="eval-runs", help="folder for run-N.md / .csv / .png")
+    for parser in (r, a):
+        parser.add_argument("--database-url", default=None)
+    e.set_defaults(func=_cmd_eval)
 
 
 if __name__ == "__main__":

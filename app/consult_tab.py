@@ -496,7 +496,7 @@ def build_consult_tab(
         compare_ev = pair.success(
             guard(h.compare), [consultation],
             [answer_a, answer_b, compare_turn, compare_key, pick_a, pick_b, compare_panel, status],
-            api_visibility="private", concurrency_limit=limit)  # fmt: skip
+            api_name="consult_compare", api_visibility="private", concurrency_limit=limit)  # fmt: skip
         retry_ev = retry_btn.click(guard(h.retry), [consultation, variant], [chat, status],
                                    api_name="retry", concurrency_limit=limit)  # fmt: skip
         answer_ev.then(guard(h.report_choices), [consultation], [report],
@@ -507,7 +507,7 @@ def build_consult_tab(
             picked = btn.click(guard(h.pick), [consultation, compare_turn, compare_key,
                                                gr.State(side), *dimension_radios],
                                [chat, compare_panel, pick_a, pick_b, status],
-                               api_visibility="private")  # fmt: skip
+                               api_name=f"consult_pick_{side}", api_visibility="private")  # fmt: skip
             picked.then(guard(h.answer_choices), [consultation], [answer_pick],
                         api_visibility="private")  # fmt: skip
 

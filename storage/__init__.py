@@ -18,7 +18,7 @@ whose `user_message` the UI shows. Modules: db (engine, sessions, migrations), m
 (schema), access (who may read and write what), users, consultations, messages,
 feedback, attachments, variants, audit, cases (imported case sets), compare (comparisons
 and their answers), votes, judge_cache (cached judge verdicts), runs (training runs and
-their metrics).
+their metrics), evals (the PulseMind Benchmark's runs, cases, answers and verdicts).
 """
 
 from storage.access import Uploads
@@ -67,6 +67,7 @@ from storage.errors import (
     PermissionDenied,
     StorageError,
 )
+from storage.evals import EvalRunRecord, get_eval_run, list_eval_runs
 from storage.feedback import get_feedback, set_feedback
 from storage.judge_cache import CachedVerdict, NewVerdict, cached_verdicts, store_verdicts
 from storage.messages import (
@@ -273,4 +274,8 @@ __all__ = [
     "get_run",
     "list_runs",
     "metrics_of",
+    # The PulseMind Benchmark (evaluation runs; the rest is in storage.evals)
+    "EvalRunRecord",
+    "get_eval_run",
+    "list_eval_runs",
 ]

@@ -19,6 +19,9 @@
     case          (imported consultations) annotators and admins read them
     training run  started, watched and stopped by admins only (a run started from the
                   command line, or its own training process, acts without a user)
+    evaluation    benchmark runs and judge-clinician agreement: started and read by admins
+                  only (they reveal which variant answered what; the command line acts
+                  without a user)
 
 Storage enforces the rule for every write (`access_consultation(..., write=True)` inside the
 writing transaction); the app asks the same functions before it reads, and `Uploads` before
@@ -315,4 +318,13 @@ def may_train(session: Session, user_id: int) -> User:
     user = active_user(session, user_id)
     if user.role is not UserRole.ADMIN:
         raise _denied(user_id, "manage training runs")
+    return user
+
+
+def may_evaluate(session: Session, user_id: int) -> User:
+    """The user, if they may start or read evaluation runs (active admins); PermissionDenied
+    if not."""
+    user = active_user(session, user_id)
+    if user.role is not UserRole.ADMIN:
+        raise _denied(user_id, "run or read evaluations")
     return user

@@ -373,6 +373,7 @@ class CaseFormat(enum.StrEnum):
 
     PULSEMIND_JSONL = "pulsemind_jsonl"
     CMTMEDQA = "cmtmedqa"
+    MEDDIAGNOSE = "meddiagnose"  # dialogues whose patient turns carry images, + images folder
 
 
 class CompareSource(enum.StrEnum):
@@ -704,3 +705,150 @@ class TrainingMetric(Base):
     name: Mapped[str] = mapped_column(String(METRIC_NAME_LENGTH))
     value: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- The PulseMind Benchmark: evaluation runs, their cases, answers and verdicts -------------
+# (storage/evals.py; training/eval.py, training/eval_agreement.py)
+
+
+class EvalKind(enum.StrEnum):
+    BENCHMARK = "benchmark"  # a variant vs an opponent (or the reference) on a case set
+    AGREEMENT = "agreement"  # the judge vs the clinicians' votes, relative and absolute
+
+
+class EvalCaseStatus(enum.StrEnum):
+    PENDING = "pending"  # nothing stored yet
+    ANSWERED = "answered"  # every turn answered on both sides; not judged yet
+    JUDGED = "judged"  # both orders judged: `EvalCase` carries the outcome
+    FAILED = "failed"  # an answer or the judge failed: `error` says which; --resume retries
+
+
+class EvalSide(enum.StrEnum):
+    MODEL = "model"
+    OPPONENT = "opponent"
+
+
+class EvalOutcome(enum.StrEnum):
+    """A case's result for the evaluated model, on one dimension or overall."""
+
+    WIN = "win"
+    TIE = "tie"
+    LOSS = "loss"
+
+
+class EvalRun(Base):
+    """One benchmark run (a variant vs an opponent on a case set, judged per case) or one
+    judge-clinician agreement measurement. `totals` holds the counts once it finished."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        Index(None, "created_at"),
+        Index(None, "case_set_id"),
+        Index(None, "model_variant_id"),
+        Index(None, "opponent_variant_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[EvalKind] = mapped_column(_enum_column(EvalKind))
+    status: Mapped[RunStatus] = mapped_column(_enum_column(RunStatus))
+    case_set_id: Mapped[int | None] = mapped_column(ForeignKey("case_sets.id", ondelete="RESTRICT"))
+    model_variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_variants.id", ondelete="RESTRICT")
+    )
+    #: NULL in a benchmark run: the opponent is the reference doctor's answers.
+    opponent_variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_variants.id", ondelete="RESTRICT")
+    )
+    judge_model: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    #: The judge endpoint last used (a resumed run may be judged at a new address).
+    judge_url: Mapped[str] = mapped_column(String(URL_LENGTH))
+    language: Mapped[str] = mapped_column(String(LANGUAGE_LENGTH))
+    #: The settings as given (case file, selection, seed, concurrency, bootstrap, ...).
+    config: Mapped[dict[str, Any]]
+    totals: Mapped[dict[str, Any] | None]
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The process running it and its machine (a dead one makes the run resumable).
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(HOST_LENGTH))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+
+
+class EvalCase(Base):
+    """One case of a benchmark run, its status and (once judged) the model's outcome per
+    dimension and overall, from both orders (a win only where both agree)."""
+
+    __tablename__ = "eval_cases"
+    __table_args__ = (
+        UniqueConstraint("run_id", "position"),
+        UniqueConstraint("run_id", "case_id"),
+        Index(None, "case_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    #: 1, 2, 3, ... in the order of the run's selection.
+    position: Mapped[int] = mapped_column(Integer)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="RESTRICT"))
+    status: Mapped[EvalCaseStatus] = mapped_column(_enum_column(EvalCaseStatus))
+    proactiveness: Mapped[EvalOutcome | None] = mapped_column(_enum_column(EvalOutcome))
+    accuracy: Mapped[EvalOutcome | None] = mapped_column(_enum_column(EvalOutcome))
+    usefulness: Mapped[EvalOutcome | None] = mapped_column(_enum_column(EvalOutcome))
+    language_quality: Mapped[EvalOutcome | None] = mapped_column(_enum_column(EvalOutcome))
+    overall: Mapped[EvalOutcome | None] = mapped_column(_enum_column(EvalOutcome))
+    #: Why the case has no outcome: which side's answer or the judge failed (no patient text).
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+    #: Judge HTTP requests this case cost (0: every verdict came from the cache).
+    judge_calls: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None]
+
+
+class EvalResponse(Base):
+    """One side's answer to one turn of a case, given the reference history before it."""
+
+    __tablename__ = "eval_responses"
+    __table_args__ = (
+        UniqueConstraint("eval_case_id", "side", "turn"),
+        Index(None, "variant_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_case_id: Mapped[int] = mapped_column(ForeignKey("eval_cases.id", ondelete="CASCADE"))
+    side: Mapped[EvalSide] = mapped_column(_enum_column(EvalSide))
+    #: The case turn's position (1, 2, ...).
+    turn: Mapped[int] = mapped_column(Integer)
+    #: NULL: the reference doctor's answer (the opponent "reference").
+    variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_variants.id", ondelete="RESTRICT")
+    )
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[FinishReason] = mapped_column(_enum_column(FinishReason))
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+    sampling_params: Mapped[dict[str, Any] | None]
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalVerdict(Base):
+    """The judge's verdict on a case in one order: `model_side` says where the model's answers
+    were shown (A or B); the dimensions say which shown answer won (as `judge_verdicts`)."""
+
+    __tablename__ = "eval_verdicts"
+    __table_args__ = (UniqueConstraint("eval_case_id", "model_side"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_case_id: Mapped[int] = mapped_column(ForeignKey("eval_cases.id", ondelete="CASCADE"))
+    model_side: Mapped[Side] = mapped_column(_enum_column(Side))
+    proactiveness: Mapped[Preference | None] = mapped_column(_enum_column(Preference))
+    accuracy: Mapped[Preference | None] = mapped_column(_enum_column(Preference))
+    usefulness: Mapped[Preference | None] = mapped_column(_enum_column(Preference))
+    language_quality: Mapped[Preference | None] = mapped_column(_enum_column(Preference))
+    #: Set when the judge gave no usable verdict (then the dimensions are NULL).
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,6 +5,7 @@ Kept apart from the calling (training/judge.py) so the wording can be read and c
 place: a change here must bump `PROMPT_VERSION`, which is part of every cached verdict's key.
 
     judge_messages("Any fever?", "Drink water.", "Patient: cough", None, "zh-CN")  # 2 messages
+    score_messages("Drink water.", "Patient: cough")  # absolute mode: one answer scored 1-5
     parse_verdict('{"proactiveness":"A","accuracy":"tie","usefulness":"B","language_quality":"A"}')
     render_context(chat_prompt)   # a TRL / export chat prompt as "Patient: ..." lines
 """
@@ -27,10 +28,14 @@ __all__ = [
     "WINNERS",
     "Language",
     "Winner",
+    "SCORE_REGEX",
+    "SCORE_SCHEMA",
     "completion_text",
     "judge_messages",
+    "parse_scores",
     "parse_verdict",
     "render_context",
+    "score_messages",
 ]
 
 Winner = Literal["a", "b", "tie"]
@@ -212,3 +217,80 @@ def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
     if isinstance(completion, str):
         return completion
     return "\n".join(_content_text(m.get("content"), "") for m in completion)
+
+
+# --- absolute mode: one answer scored 1-5 per dimension (judge-clinician agreement only) ---------
+# Not used for rewards or the benchmark: the paper found clinicians agree with relative
+# judgments far more often (86.1% vs 51.5%); `pulsemind eval agreement` measures exactly that.
+
+#: The exact compact JSON object of scores vLLM is constrained to.
+SCORE_REGEX = r"\{" + ",".join(re.escape(f'"{d}":') + "[1-5]" for d in DIMENSIONS) + r"\}"
+SCORE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {d: {"type": "integer", "minimum": 1, "maximum": 5} for d in DIMENSIONS},
+    "required": list(DIMENSIONS),
+    "additionalProperties": False,
+}
+_SCORE_SYSTEM = {
+    "en": (
+        "You are an experienced physician reviewing one answer that an AI assistant gave at a "
+        "point of a medical consultation. Score it from 1 (very poor) to 5 (excellent) on each "
+        "of four dimensions independently:\n"
+        "- proactiveness: does it ask for missing but clinically critical information?\n"
+        "- accuracy: is it medically sound, without factual errors or unsafe advice?\n"
+        "- usefulness: is it clear and actionable for the patient?\n"
+        "- language_quality: is it fluent, professional and easy to understand?\n"
+        "If a reference doctor's reply is given, use it as a guide, not as the only right "
+        "wording. Reply with this JSON object only:\n"
+        '{"proactiveness":1-5,"accuracy":1-5,"usefulness":1-5,"language_quality":1-5}'
+    ),
+    "zh-CN": (
+        "你是一名经验丰富的医生，正在评审 AI 助手在一次医疗问诊中某一时刻给出的一个回答。"
+        "请在以下四个维度上分别独立打分，1 分（很差）到 5 分（优秀）：\n"
+        "- proactiveness（主动性）：是否主动询问缺失但在临床上关键的信息？\n"
+        "- accuracy（准确性）：在医学上是否正确，没有事实错误或不安全的建议？\n"
+        "- usefulness（实用性）：对患者是否清晰、可操作？\n"
+        "- language_quality（语言质量）：是否流畅、专业、易于理解？\n"
+        "若给出了参考医生的回复，请把它作为参考，而不是唯一正确的措辞。只回复下面这个 JSON 对象：\n"
+        '{"proactiveness":1-5,"accuracy":1-5,"usefulness":1-5,"language_quality":1-5}'
+    ),
+}
+_ANSWER_HEADING = {"en": "## The answer", "zh-CN": "## 回答"}
+
+
+def score_messages(
+    answer: str, context: str = "", reference: str | None = None, language: Language = "en"
+) -> list[dict[str, str]]:
+    """The chat messages of one absolute-mode call: instructions, context, reference, answer."""
+    h = _HEADINGS[language]
+    parts = [h["context"], _cut_start(context.strip(), MAX_CONTEXT_CHARS, h["cut"])
+             or h["no_context"]]  # fmt: skip
+    if reference and reference.strip():
+        parts += [h["reference"], _cut_end(reference.strip(), MAX_ANSWER_CHARS, h["cut"])]
+    parts += [_ANSWER_HEADING[language], _cut_end(answer.strip(), MAX_ANSWER_CHARS, h["cut"])]
+    return [
+        {"role": "system", "content": _SCORE_SYSTEM[language]},
+        {"role": "user", "content": "\n\n".join(parts)},
+    ]
+
+
+def parse_scores(text: str | None) -> dict[str, int] | None:
+    """The reply as {dimension: 1..5}, or None if it is not usable (first {...} object)."""
+    if not text:
+        return None
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    scores = {}
+    for d in DIMENSIONS:
+        value = obj.get(d)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            return None
+        scores[d] = value
+    return scores
