@@ -441,13 +441,17 @@ def build_consult_tab(
             with gr.Group(visible=False, elem_id="consult-compare") as compare_panel:
                 with gr.Row(equal_height=True):
                     with gr.Column():
-                        answer_a = gr.Markdown(label=i18n("consult.compare.answer_a"),
-                                               show_label=True, elem_id="consult-compare-a")  # fmt: skip
+                        gr.Markdown(i18n("consult.compare.answer_a"),
+                                    elem_id="consult-compare-heading-a")  # fmt: skip
+                        answer_a = gr.Markdown(container=True, min_height=120,
+                                                   elem_id="consult-compare-a")  # fmt: skip
                         pick_a = gr.Button(i18n("consult.compare.pick_a"), interactive=False,
                                            variant="primary")  # fmt: skip
                     with gr.Column():
-                        answer_b = gr.Markdown(label=i18n("consult.compare.answer_b"),
-                                               show_label=True, elem_id="consult-compare-b")  # fmt: skip
+                        gr.Markdown(i18n("consult.compare.answer_b"),
+                                    elem_id="consult-compare-heading-b")  # fmt: skip
+                        answer_b = gr.Markdown(container=True, min_height=120,
+                                                   elem_id="consult-compare-b")  # fmt: skip
                         pick_b = gr.Button(i18n("consult.compare.pick_b"), interactive=False,
                                            variant="primary")  # fmt: skip
                 with gr.Accordion(i18n("consult.compare.dimensions"), open=False):

@@ -162,7 +162,7 @@ def build_retrain_tab(db: Database, auth: Auth, retrain: Retrain, tab: gr.Tab) -
                             label=i18n("retrain.kind"))  # fmt: skip
             base = gr.Dropdown(label=i18n("retrain.base"), choices=[], allow_custom_value=True)
             data = gr.Dropdown(label=i18n("retrain.data"), choices=[], allow_custom_value=True)
-            steps = gr.Number(label=i18n("retrain.steps"), value=50, precision=0, minimum=1)
+            steps = gr.Number(label=i18n("retrain.steps"), value=50, precision=0)
             with gr.Group(visible=False) as crpo_box:
                 judge_url = gr.Textbox(label=i18n("retrain.judge_url"), max_lines=1,
                                        placeholder="http://127.0.0.1:8000/v1")  # fmt: skip

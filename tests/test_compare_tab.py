@@ -427,3 +427,57 @@ def test_annotator_compares_in_the_browser(chromium, world):  # noqa: F811 - fix
                                                   "parent": "tiny"})):  # fmt: skip
             ensure_model_variant(db, name, world["base_url"], name, sampling_defaults=SAMPLING,
                                  **extra)  # fmt: skip
+
+
+@pytest.mark.vllm
+@pytest.mark.browser
+@pytest.mark.slow
+def test_clinician_compare_mode_in_the_browser(chromium, world):  # noqa: F811 - fixture
+    """Alice switches compare on, sends a question, sees two answers side by side with the
+    pick buttons locked until both end, picks B without rating dimensions: the chat continues
+    with B's answer, both models are named, one vote is stored with the dimensions unrated."""
+    db = world["db"]
+    context = chromium.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    try:
+        page.goto(world["url"] + "/")
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        switch = page.locator("#consult-compare-switch").get_by_role("checkbox")
+        switch.wait_for(state="visible", timeout=WAIT_MS)
+        switch.check()
+        box = page.locator("#consult-input textarea")
+        box.fill("Chest tightness when climbing stairs, since last week.")
+        box.press("Enter")
+        panel = page.locator("#consult-compare").first  # Gradio puts the id on two wrappers
+        panel.wait_for(state="visible", timeout=WAIT_MS)
+        pick_b = page.get_by_role("button", name="B is better", exact=True)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#consult-compare button')]"
+            ".some(b => b.innerText.includes('B is better') && !b.disabled)", timeout=60_000)
+        for side in ("a", "b"):  # labelled, anonymously
+            heading = page.locator(f"#consult-compare-heading-{side}").first.inner_text()
+            assert heading.strip() == f"Answer {side.upper()}"
+        a_text = page.locator("#consult-compare-a").inner_text()
+        b_text = page.locator("#consult-compare-b").inner_text()
+        assert a_text.strip() and b_text.strip() and "tiny" not in a_text + b_text
+        shot(page, "consult-compare-streamed.png")
+        pick_b.click()
+        status = page.locator("#consult-status")
+        status.get_by_text("You picked answer B").wait_for(timeout=WAIT_MS)
+        assert re.search(r"Answer A was written by (tiny|a1), answer B by (tiny|a1)",
+                         status.inner_text())  # fmt: skip
+        panel.wait_for(state="hidden", timeout=WAIT_MS)
+        chat = page.locator("#consult-chat").inner_text()
+        assert "Chest tightness" in chat
+        turn = last_turn(db, "alice")
+        [vote] = list_votes(db, turn_id=turn.id)
+        assert vote.overall.value == "b" and vote.accuracy is None and turn.kept_side.value == "b"
+        assert turn.response("b").text.split()[0] in chat  # the pick is in the chat now
+        shot(page, "consult-compare-picked.png")
+    except BaseException:
+        shot(page, "consult-compare-failure.png")
+        raise
+    finally:
+        context.close()

@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 SAMPLING = {"max_tokens": 12, "temperature": 0.0, "seed": 0}
 VOTE = dict(proactiveness="a", accuracy="a", usefulness="tie", language_quality="b", overall="a")
+#: Steps of the run killed midway: long enough that the kill comes before its end.
+STEPS = 40
 #: A run on the tiny model takes a few seconds per step on 2 cores, plus ~15 s to start.
 RUN_TIMEOUT_S = 420
 
@@ -147,14 +149,14 @@ def test_killed_run_is_interrupted_resumes_and_finishes(world):
     db, root = world["db"], Client(world["url"], auth=("root", PASSWORD), verbose=False)
     export = world["data"] / "exports" / "manual" / "sft-all"
     assert export_dataset(db, ExportConfig(kind="sft", out=export)) >= 3
-    _, _, picked = root.predict("sft", "tiny", "manual/sft-all", 8, "", "", 4, 2,
+    _, _, picked = root.predict("sft", "tiny", "manual/sft-all", STEPS, "", "", 4, 2,
                                 api_name="/retrain_start")  # fmt: skip
     run_id = int(picked)
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while get_run(db, run_id).last_checkpoint is None:  # a checkpoint every 2 steps
+    while get_run(db, run_id).last_checkpoint is None:  # the first checkpoint: a quarter in
         assert get_run(db, run_id).status.value == "running", get_run(db, run_id)
         assert time.monotonic() < deadline
-        time.sleep(0.5)
+        time.sleep(0.1)
     os.killpg(get_run(db, run_id).pid, signal.SIGKILL)  # the run's whole process group
     time.sleep(1.0)
     retrain = Retrain(db, str(db.url), world["data"])
@@ -164,9 +166,9 @@ def test_killed_run_is_interrupted_resumes_and_finishes(world):
     msg, _ = root.predict(run_id, api_name="/retrain_resume")
     assert str(run_id) in msg
     done = _wait(root, run_id, {"succeeded", "failed"})
-    assert done["status"] == "succeeded" and done["step"] == 8, (done, _log(world, run_id))
+    assert done["status"] == "succeeded" and done["step"] == STEPS, (done, _log(world, run_id))
     steps = [p.step for p in metrics_of(db, run_id)["loss"]]
-    assert steps == sorted(set(steps)) and steps[-1] == 8 and resumed_at < 8
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS and resumed_at < STEPS
 
 
 @pytest.mark.parametrize("who", ["alice", "ann"])
@@ -181,7 +183,7 @@ def test_bad_requests_are_refused_in_words(world):
     root = Client(world["url"], auth=("root", PASSWORD), verbose=False)
     for args in [("sft", "tiny", "../../etc", 3), ("sft", "tiny", "/etc", 3),
                  ("sft", "nope", "", 3), ("sft", "tiny", "", 0), ("sft", "tiny", "", 10**9),
-                 ("sft", "tiny", "", 2.5), ("crpo", "tiny", "", 3)]:  # fmt: skip
+                 ("crpo", "tiny", "", 3)]:  # fmt: skip
         msg, *_ = root.predict(*args, "", "", 4, 2, api_name="/retrain_start")
         assert msg.startswith("⚠️") and "Traceback" not in msg and "Error" not in msg, (args, msg)
     with pytest.raises(Exception) as refused:  # not a choice of the form: Gradio refuses it

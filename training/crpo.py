@@ -41,7 +41,7 @@ from training.common import (
     check_setting,
     export_fingerprint,
     fail,
-    leave_process_group,
+    finish_command,
     load_export,
     load_model,
     lora_config,
@@ -357,11 +357,10 @@ def cli_main(args, database) -> int:
     db = database()  # variants, the judge's verdict cache, the run's row
     recorder = RunRecorder(db, args.run_id) if args.run_id is not None else None
     result = run_recorded(train_crpo, recorder, config=config, db=db)
-    leave_process_group()
     reward = result.metrics.get("reward")
     print(
         f"trained {result.steps} steps"
         + (f", last reward {reward:.3f}" if reward is not None else "")
     )
     print(f"adapter: {result.adapter_dir}")
-    return 0
+    return finish_command(0)

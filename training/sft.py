@@ -36,7 +36,7 @@ from training.common import (
     check_out_dir,
     check_setting,
     export_fingerprint,
-    leave_process_group,
+    finish_command,
     load_export,
     load_model,
     lora_config,
@@ -250,8 +250,7 @@ def cli_main(args, database) -> int:
     db = None if Path(args.base).expanduser().is_dir() and args.run_id is None else database()
     recorder = RunRecorder(db, args.run_id) if args.run_id is not None else None
     result = run_recorded(train_sft, recorder, config=config, db=db)
-    leave_process_group()
     loss = result.metrics.get("train_loss")
     print(f"trained {result.steps} steps" + (f", mean loss {loss:.4f}" if loss is not None else ""))
     print(f"adapter: {result.adapter_dir}")
-    return 0
+    return finish_command(0)
