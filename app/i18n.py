@@ -88,6 +88,12 @@ PAGE: dict[str, Entry] = {
     "consult.compare.accuracy": {"en": "Accuracy", "zh-CN": "准确性"},
     "consult.compare.usefulness": {"en": "Usefulness", "zh-CN": "实用性"},
     "consult.compare.language_quality": {"en": "Language quality", "zh-CN": "语言质量"},
+    # Benchmark tab (app/eval_tab.py)
+    "eval.tab": {"en": "Benchmark", "zh-CN": "基准评测"},
+    "eval.run": {"en": "Evaluation run", "zh-CN": "评测记录"},
+    "eval.refresh": {"en": "Refresh", "zh-CN": "刷新"},
+    "eval.plot": {"en": "Win rates", "zh-CN": "胜率"},
+    "eval.csv": {"en": "Results (CSV)", "zh-CN": "结果（CSV）"},
     # Retrain tab (app/retrain_tab.py)
     "retrain.tab": {"en": "Retrain", "zh-CN": "再训练"},
     "retrain.kind": {"en": "Method", "zh-CN": "训练方法"},
@@ -319,6 +325,12 @@ SERVER: dict[str, Entry] = {
         "single answer to your message.",
         "zh-CN": "有一个回答未能完成，无法在这一对中选择。请点击“重试”获取对您消息的单个回答。",
     },
+    "eval.none": {
+        "en": "No evaluation yet: run `pulsemind eval run` or `pulsemind eval agreement`.",
+        "zh-CN": "暂无评测：请运行 `pulsemind eval run` 或 `pulsemind eval agreement`。",
+    },
+    "eval.kind.benchmark": {"en": "benchmark", "zh-CN": "基准评测"},
+    "eval.kind.agreement": {"en": "judge–clinician agreement", "zh-CN": "评判与医生一致性"},
     "retrain.data.since_last": {
         "en": "Everything logged since the last run",
         "zh-CN": "上次训练以来记录的全部数据",

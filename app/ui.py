@@ -29,6 +29,7 @@ from app.consult_api import build_consult_api
 from app.consult_tab import build_consult_tab
 from app.downloads import Downloads
 from app.edge import to_user_errors
+from app.eval_tab import build_eval_tab
 from app.i18n import i18n, t
 from app.language import QUERY, request_language
 from app.leaderboard_tab import build_leaderboard_tab
@@ -92,6 +93,8 @@ def build_ui(
             with gr.Tab(i18n("retrain.tab"), id="retrain", visible=False) as retrain_tab:
                 if retrain is not None:
                     build_retrain_tab(db, auth, retrain, retrain_tab)
+            with gr.Tab(i18n("eval.tab"), id="eval", visible=False) as eval_tab:
+                build_eval_tab(db, auth, eval_tab, downloads)
 
         def land(user: UserRecord) -> tuple:
             """Who is here, and the screen for their role."""
@@ -134,10 +137,11 @@ def build_ui(
             tables) for admins; their handlers check the role too."""
             admin = user.role is UserRole.ADMIN
             return (gr.update(visible=user.role in ANNOTATING_ROLES), gr.update(visible=admin),
-                    gr.update(visible=admin), gr.update(visible=admin and retrain is not None))
+                    gr.update(visible=admin), gr.update(visible=admin and retrain is not None),
+                    gr.update(visible=admin))
 
         landing.success(auth.guard(*UserRole)(staff_tabs), None,
-                        [board_tab, admin_tab, board_admin_only, retrain_tab],
+                        [board_tab, admin_tab, board_admin_only, retrain_tab, eval_tab],
                         api_visibility="private", show_progress="hidden")  # fmt: skip
         build_consult_api(auth, flow, config.concurrency)
         if comparisons is not None:

@@ -534,3 +534,33 @@ def test_agreement_command_against_the_real_judge(vllm_server, db, tmp_path, cap
     assert all(1 <= v <= 5 for v in run.totals["mean_scores"].values())
     assert main(argv) == 0 and "judge tiny vs clinicians" in capsys.readouterr().out
     assert (tmp_path / "run-1.png").is_file() and (tmp_path / "run-1.csv").is_file()
+
+
+def test_benchmark_tab_shows_a_stored_run_to_admins_only(db, tmp_path, monkeypatch):
+    """The Benchmark tab's handlers: the runs listed newest first, the picked run's table,
+    plot and CSV (offered to the admin who asked only); other roles are refused by storage."""
+    from app.downloads import Downloads
+    from app.eval_tab import EvalHandlers
+    from storage import PermissionDenied, Uploads, create_user
+    from tests.test_judge import GOOD, ScriptedServer, ok
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    root = create_user(db, "root", "correct horse battery", "admin")
+    ann = create_user(db, "ann", "correct horse battery", "annotator")
+    with ScriptedServer(lambda n, body: ok(GOOD) if "structured_outputs" in body
+                        else ok(f"{body['model']}：多休息。")) as server:  # fmt: skip
+        variants(db, server.base_url)
+        run = start_run(db, RunSpec("tiny", "a1", server.base_url, "judge"),
+                        read_case_file(cmtmedqa_file(tmp_path, n=2)))  # fmt: skip
+        EvalRunner(db, run.id, EvalConfig(concurrency=2, progress=False, bootstrap=20)).run()
+    uploads = Uploads()
+    h = EvalHandlers(db, Downloads(uploads))
+    picker, empty = h.runs(root)
+    assert picker["value"] == run.id and empty == "" and "#1" in picker["choices"][0][0]
+    markdown, plot, csv_file = h.show(root, run.id)
+    assert "overall" in markdown.lower() and Path(plot).is_file() and Path(csv_file).is_file()
+    assert uploads.allowed("root", csv_file) and not uploads.allowed("ann", csv_file)
+    with pytest.raises(PermissionDenied):
+        h.show(ann, run.id)
+    with pytest.raises(PermissionDenied):
+        h.runs(ann)
