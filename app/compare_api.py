@@ -75,7 +75,7 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
         Each update is {"turn_id", "a", "b"} (each side's text so far); the last one also has
         "finish_reason" and "error" per side ({"a": ..., "b": ...}).
         """
-        text, files = _message(message)
+        text, files = message_parts(message)
         case = optional_id(case_id, "case")
         turn = optional_id(turn_id, "turn")
         cid = optional_id(consultation_id, "consultation")
@@ -133,7 +133,7 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
         gr.api(fn, api_name=fn.__name__, concurrency_limit=concurrency)
 
 
-def _message(message: object) -> tuple[str, list[tuple[str, object]]]:
+def message_parts(message: object) -> tuple[str, list[tuple[str, object]]]:
     """(text, [(name, path)]) of {"text", "files"} (None: no message); InvalidInput else."""
     if message is None:
         return "", []

@@ -34,8 +34,8 @@ import gradio as gr
 from app.auth import Auth
 from app.compare import MESSAGES as COMPARE_MESSAGES
 from app.compare import AdHoc, Comparisons, FromCase, FromLog, PairAnswer
+from app.compare_api import message_parts
 from app.config import AppConfig
-from app.consult_api import display_name, file_path
 from app.consult_tab import ACCEPTED
 from app.edge import optional_id, parse_id, user_message
 from app.i18n import SERVER, error_text, i18n, t, translate
@@ -92,18 +92,6 @@ def _out(**changes: Any) -> tuple:
 def failed(exc: BaseException) -> str:
     """The status line for an error, in the reader's words (logged by `app.edge`)."""
     return t("compare.failed", error=error_text(exc, user_message(exc)))
-
-
-def _message(message: object) -> tuple[str, list[tuple[str, object]]]:
-    """(text, [(name, path)]) of a MultimodalTextbox value; the paths are checked by intake."""
-    if message is None:
-        return "", []
-    if not isinstance(message, dict) or not isinstance(message.get("files") or [], list):
-        raise InvalidInput("malformed message", user_message=MALFORMED)
-    text = message.get("text") or ""
-    if not isinstance(text, str):
-        raise InvalidInput("malformed message", user_message=MALFORMED)
-    return text, [(display_name(f), file_path(f)) for f in message.get("files") or []]
 
 
 # --- what the annotator reads ----------------------------------------------------------------
@@ -293,7 +281,7 @@ class CompareHandlers:
     def compare_typed(self, user: UserRecord, message: dict | None):
         """Start a comparison on a patient turn typed here (with the caller's own uploads)."""
         try:
-            text, files = _message(message)
+            text, files = message_parts(message)
         except Exception as exc:
             yield _out(status=failed(exc))
             return
@@ -307,7 +295,7 @@ class CompareHandlers:
         history and both variants answer the patient's next turn."""
         try:
             tid = optional_id(turn_id, "turn")
-            text, files = _message(message)
+            text, files = message_parts(message)
         except Exception as exc:
             yield _out(continue_note=failed(exc))
             return

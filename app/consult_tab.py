@@ -439,21 +439,19 @@ def build_consult_tab(
                                          visible=False, elem_id="consult-compare-switch")  # fmt: skip
             # clinician compare mode: the next answer comes from two variants, side by side
             with gr.Group(visible=False, elem_id="consult-compare") as compare_panel:
+                sides = {}  # side -> (its answer, its pick button), labelled anonymously
                 with gr.Row(equal_height=True):
-                    with gr.Column():
-                        gr.Markdown(i18n("consult.compare.answer_a"),
-                                    elem_id="consult-compare-heading-a")  # fmt: skip
-                        answer_a = gr.Markdown(container=True, min_height=120,
-                                                   elem_id="consult-compare-a")  # fmt: skip
-                        pick_a = gr.Button(i18n("consult.compare.pick_a"), interactive=False,
-                                           variant="primary")  # fmt: skip
-                    with gr.Column():
-                        gr.Markdown(i18n("consult.compare.answer_b"),
-                                    elem_id="consult-compare-heading-b")  # fmt: skip
-                        answer_b = gr.Markdown(container=True, min_height=120,
-                                                   elem_id="consult-compare-b")  # fmt: skip
-                        pick_b = gr.Button(i18n("consult.compare.pick_b"), interactive=False,
-                                           variant="primary")  # fmt: skip
+                    for side in ("a", "b"):
+                        with gr.Column():
+                            gr.Markdown(i18n(f"consult.compare.answer_{side}"),
+                                        elem_id=f"consult-compare-heading-{side}")  # fmt: skip
+                            sides[side] = (
+                                gr.Markdown(container=True, min_height=120,
+                                            elem_id=f"consult-compare-{side}"),
+                                gr.Button(i18n(f"consult.compare.pick_{side}"), interactive=False,
+                                          variant="primary"),
+                            )  # fmt: skip
+                (answer_a, pick_a), (answer_b, pick_b) = sides["a"], sides["b"]
                 with gr.Accordion(i18n("consult.compare.dimensions"), open=False):
                     with gr.Row():
                         dimension_radios = [

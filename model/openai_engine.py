@@ -135,7 +135,7 @@ class OpenAIEngine:
             if exc.status_code == 429:  # busy, not wrong: the client already waited and retried
                 return ModelUnreachable(f"HTTP 429 (rate limited) from {self.config.base_url}")
             if 400 <= exc.status_code < 500:
-                return ModelRejectedInput(f"HTTP {exc.status_code}: {_api_detail(exc)}")
+                return ModelRejectedInput(f"HTTP {exc.status_code}: {api_detail(exc)}")
             return ModelUnreachable(f"HTTP {exc.status_code} from the model server")
         return ModelError(f"{type(exc).__name__}: {exc}")
 
@@ -235,12 +235,13 @@ def _sample_tokens(choice, usage, n: int) -> int | None:
     return len(token_ids) if isinstance(token_ids, list) else None
 
 
-def _api_detail(exc: openai.APIStatusError) -> str:
+def api_detail(exc: openai.APIStatusError, limit: int = 300) -> str:
+    """The server's own message in an API error (its JSON body), cut to `limit` characters."""
     body = exc.body
     if isinstance(body, dict):
         msg = body.get("message") or body.get("error", {})
         if isinstance(msg, dict):
             msg = msg.get("message")
         if msg:
-            return str(msg)[:300]
-    return str(exc)[:300]
+            return str(msg)[:limit]
+    return str(exc)[:limit]

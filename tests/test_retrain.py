@@ -190,3 +190,22 @@ def test_bad_requests_are_refused_in_words(world):
         root.predict("dpo", "tiny", "", 3, "", "", 4, 2, api_name="/retrain_start")
     assert "Traceback" not in str(refused.value)
     assert get_run_count(world["db"]) == 3  # nothing queued by any of them
+
+
+def test_crpo_run_from_the_tab_with_the_server_as_judge(world):
+    """CRPO through the same loop: the policy "tiny", the logged answers of "other" as its
+    counterparts (a crpo export made by the run), the vLLM server itself as the judge; the run
+    records reward per dimension and registers its adapter as a variant."""
+    db, root = world["db"], Client(world["url"], auth=("root", PASSWORD), verbose=False)
+    export = world["data"] / "exports" / "manual" / "crpo-all"
+    assert export_dataset(db, ExportConfig(kind="crpo", out=export, policy="tiny")) >= 1
+    url = world["server"].base_url
+    _, _, picked = root.predict("crpo", "tiny", "manual/crpo-all", 2, url, "tiny", 2, 1,
+                                api_name="/retrain_start")  # fmt: skip
+    run_id = int(picked)
+    done = _wait(root, run_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", (done, _log(world, run_id))
+    curves = metrics_of(db, run_id)
+    assert {"reward", "crpo/accuracy"} <= set(curves), sorted(curves)
+    assert all(0 <= p.value <= 1 for p in curves["reward"] if p.value is not None)
+    assert get_variant_by_name(db, done["variant"]).parent_id == get_variant_by_name(db, "tiny").id

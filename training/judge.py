@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import openai
 from loguru import logger
 
+from model.openai_engine import api_detail
 from training.judge_prompts import (
     DIMENSIONS,
     LANGUAGES,
@@ -429,7 +430,7 @@ class Judge:
                 if fallback is not None:
                     mode = fallback
                     continue
-                problem = f"HTTP {exc.status_code}: {_detail(exc)}"
+                problem = f"HTTP {exc.status_code}: {api_detail(exc, 200)}"
                 if exc.status_code not in (408, 409) and exc.status_code < 500:
                     # The same request would be refused again: an error now, not a retry.
                     return _Outcome(Verdict.failed(problem, made))
@@ -453,17 +454,6 @@ class Judge:
                 return _Outcome(Verdict.failed(f"{problem} ({attempts} attempts)", made))
             if transient:
                 time.sleep(_backoff(attempts - 1))
-
-
-def _detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        msg = body.get("message") or body.get("error", {})
-        if isinstance(msg, dict):
-            msg = msg.get("message")
-        if msg:
-            return str(msg)[:200]
-    return str(exc)[:200]
 
 
 # --- command line -----------------------------------------------------------------------------
