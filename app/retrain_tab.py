@@ -36,7 +36,7 @@ REFRESH_S = 3.0
 RUN_COLUMNS = ["id", "kind", "base", "status", "step", "started", "variant", "error"]
 
 
-def _step(run: RunRecord, curves: dict) -> int:
+def _step(curves: dict) -> int:
     return max((p.step for points in curves.values() for p in points), default=0)
 
 
@@ -72,9 +72,9 @@ class RetrainHandlers:
                     names[vid] = get_variant(self.db, vid).name
             rows.append([run.id, run.kind.value, names.get(run.base_variant_id, ""),
                          t(f"retrain.status.{run.status.value}"),
-                         f"{_step(run, curves)}/{_total(run)}", _when(run.started_at),
+                         f"{_step(curves)}/{_total(run)}", _when(run.started_at),
                          names.get(run.variant_id, ""), run.error or ""])  # fmt: skip
-        return pd.DataFrame(rows, columns=RUN_COLUMNS)
+        return pd.DataFrame(rows, columns=[t(f"retrain.column.{c}") for c in RUN_COLUMNS])
 
     def start(self, user: UserRecord, kind: str, base: str | None, data: str | None,
               steps: float | None, judge_url: str | None, judge_model: str | None,
@@ -100,7 +100,7 @@ class RetrainHandlers:
 
         run = get_run(self.db, rid)
         curves = metrics_of(self.db, rid)
-        step, total = _step(run, curves), _total(run)
+        step, total = _step(curves), _total(run)
         label = html.escape(t("retrain.progress", step=step, total=total,
                               status=t(f"retrain.status.{run.status.value}")))  # fmt: skip
         bar = (f'<label class="retrain-progress">{label}'
@@ -134,7 +134,7 @@ class RetrainHandlers:
         last = {name: points[-1].value for name, points in curves.items() if points}
         variant = get_variant(self.db, run.variant_id).name if run.variant_id else None
         return {"id": run.id, "kind": run.kind.value, "status": run.status.value,
-                "step": _step(run, curves), "steps": _total(run), "metrics": last,
+                "step": _step(curves), "steps": _total(run), "metrics": last,
                 "variant": variant, "error": run.error}  # fmt: skip
 
 
