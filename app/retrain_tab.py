@@ -27,7 +27,7 @@ from app.i18n import error_text, i18n, t
 from app.retrain import Retrain, RetrainSpec
 from model.errors import PulseMindError
 from storage import Database, UserRecord, UserRole, get_variant, list_active_variants
-from storage.runs import RunRecord, metrics_of
+from storage.runs import RunRecord, get_run, metrics_of
 
 #: Curves drawn in the main plot; the learning rate has its own (another scale).
 LEARNING_RATE = "learning_rate"
@@ -96,8 +96,6 @@ class RetrainHandlers:
         rid = optional_id(run_id, "run")
         if rid is None:
             return "", None, None, "", gr.update(visible=False)
-        from storage.runs import get_run
-
         run = get_run(self.db, rid)
         curves = metrics_of(self.db, rid)
         step, total = _step(curves), _total(run)
@@ -127,8 +125,6 @@ class RetrainHandlers:
 
     def run_status(self, user: UserRecord, run_id: int) -> dict:
         """A run as programs see it: status, step of total, metrics' last values, variant."""
-        from storage.runs import get_run
-
         run = get_run(self.db, parse_id(run_id, "run"))
         curves = metrics_of(self.db, run.id)
         last = {name: points[-1].value for name, points in curves.items() if points}

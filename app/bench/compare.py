@@ -45,7 +45,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from app.bench.consult import PROMPT, BenchError, _start_model
+from app.bench.consult import PROMPT, BenchError, start_model
 from app.bench.postgres import PostgresUnavailable, fresh_database, postgres_server
 
 #: The answer length of both paths: long enough that generation, not setup, dominates.
@@ -215,7 +215,7 @@ def run_bench(cfg: BenchCompareConfig) -> dict:
     result: dict = {"votes": {}}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pulsemind-bench-compare-") as d:
         tmp = Path(d)
-        url, model = _start_model(cfg, stack, tmp)  # type: ignore[arg-type]
+        url, model = start_model(cfg, stack, tmp)  # type: ignore[arg-type]
         result["latency"] = bench_latency(url, model or "tiny", cfg, tmp)
         for pattern, spread in (("burst", 0.0), ("spread", 1.0)):
             name = f"sqlite {pattern}"

@@ -346,7 +346,7 @@ def run_batch(fn: Callable[[int], Sample], n: int) -> list[Sample]:
 # --- putting it together ----------------------------------------------------------------------
 
 
-def _start_model(cfg: BenchConsultConfig, stack: ExitStack, tmp: Path) -> tuple[str, str]:
+def start_model(cfg: BenchConsultConfig, stack: ExitStack, tmp: Path) -> tuple[str, str]:
     if cfg.model_url:
         return cfg.model_url, cfg.model  # type: ignore[return-value]
     from model.demo_model import build_demo_model
@@ -365,6 +365,28 @@ def _start_model(cfg: BenchConsultConfig, stack: ExitStack, tmp: Path) -> tuple[
     except (RuntimeError, TimeoutError) as exc:
         raise BenchError(f"vLLM did not start: {exc}") from exc
     return server.base_url, SERVED_NAME
+
+
+def run_reported(prog: str, run: Callable[[], dict], report: Callable[[dict], str],
+                 json_path: Path | None, quiet: tuple[str, ...]) -> dict | None:
+    """Run a benchmark with the loggers of `quiet` off (an INFO line per request would bury
+    the progress bar), print its report and write its numbers to `json_path`; None (after
+    saying why on stderr) when it could not measure."""
+    for name in quiet:
+        logger.disable(name)
+    try:
+        result = run()
+    except BenchError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    finally:
+        for name in quiet:
+            logger.enable(name)
+    print(report(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"numbers written to {json_path}")
+    return result
 
 
 def _bootstrap_vllm() -> str:
@@ -397,7 +419,7 @@ def run_bench(cfg: BenchConsultConfig, *, progress: bool = True) -> dict:
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsemind-bench-")))
-        url, model = _start_model(cfg, stack, tmp)
+        url, model = start_model(cfg, stack, tmp)
         db = Database.sqlite(tmp / "bench.db")
         stack.callback(db.dispose)
         db.upgrade()

@@ -31,10 +31,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loguru import logger
 from tqdm import tqdm
 
-from app.bench.consult import BenchError, _start_model
+from app.bench.consult import BenchError, run_reported, start_model
 from app.bench.stats import BUSY_LOAD_PER_CPU
 
 #: A short consultation turn and the doctor's reply; numbered so no two prompts are the same.
@@ -119,7 +118,7 @@ def run_bench(cfg: BenchEvalConfig, *, progress: bool = True) -> dict:
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsemind-bench-")))
-        url, served = _start_model(cfg, stack, tmp)  # type: ignore[arg-type]
+        url, served = start_model(cfg, stack, tmp)  # type: ignore[arg-type]
         case_file = read_case_file(write_cases(tmp / "cases.json", cfg.cases, cfg.turns))
         warm = read_case_file(write_cases(tmp / "warm.json", 2, 1))
         one_run(cfg, url, served, warm, tmp, 2)  # warm-up, not measured
@@ -127,6 +126,9 @@ def run_bench(cfg: BenchEvalConfig, *, progress: bool = True) -> dict:
         for c in tqdm(cfg.concurrency, desc="concurrency levels", file=sys.stderr,
                       disable=not progress):  # fmt: skip
             levels.append(one_run(cfg, url, served, case_file, tmp, c))
+            if levels[-1]["failed"]:  # a ratio of failures would say nothing about throughput
+                raise BenchError(f"{levels[-1]['failed']} cases failed at concurrency {c} "
+                                 f"(is the server at {url} answering?)")  # fmt: skip
     low, high = levels[0], levels[-1]
     ratio = high["cases_per_s"] / low["cases_per_s"]
     return {"settings": asdict(cfg), "server": {"url": url, "model": served}, "levels": levels,
@@ -188,18 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pulsemind bench eval: {exc}", file=sys.stderr)
         return 2
     quiet = () if args.verbose else ("training", "model", "storage", "app")
-    for name in quiet:  # an INFO line per judged case would bury the progress bar
-        logger.disable(name)
-    try:
-        result = run_bench(cfg)
-    except BenchError as exc:
-        print(f"pulsemind bench eval: {exc}", file=sys.stderr)
+    result = run_reported("pulsemind bench eval", lambda: run_bench(cfg), format_report,
+                          args.json, quiet)  # fmt: skip
+    if result is None:
         return 1
-    finally:
-        for name in quiet:
-            logger.enable(name)
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"numbers written to {args.json}")
     return 1 if args.fail_below_goal and not result["ratio"]["met"] else 0

@@ -22,7 +22,6 @@ are medians over repeats; judge calls are counted by the judge client (`Judge.ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,10 +31,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loguru import logger
 from tqdm import tqdm
 
-from app.bench.consult import BenchError, _start_model
+from app.bench.consult import BenchError, run_reported, start_model
 from app.bench.stats import BUSY_LOAD_PER_CPU
 
 #: A consultation and answers of realistic shape; each repeat numbers them anew so that no
@@ -104,7 +102,7 @@ def run_bench(cfg: BenchRewardConfig, *, progress: bool = True) -> dict:
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsemind-bench-")))
-        url, model = _start_model(cfg, stack, tmp)  # type: ignore[arg-type]
+        url, model = start_model(cfg, stack, tmp)  # type: ignore[arg-type]
         judge = stack.enter_context(Judge(JudgeConfig(
             base_url=url, model=model, language=cfg.language,  # type: ignore[arg-type]
             both_orders=cfg.both_orders, attempts=1)))  # fmt: skip
@@ -131,7 +129,9 @@ def run_bench(cfg: BenchRewardConfig, *, progress: bool = True) -> dict:
                                             COUNTERPART.format(j="s", r=r), CONTEXT))  # fmt: skip
             return time.perf_counter() - t0, judge.calls - before, int(not verdict.ok)
 
-        concurrent(-1)  # warm-up, not measured
+        if concurrent(-1)[2] == cfg.candidates:  # warm-up, not measured
+            raise BenchError(f"the judge at {url} gave no usable verdict (is it answering?): "
+                             "a ratio of failed calls would say nothing")  # fmt: skip
         runs: dict[str, list[tuple[float, int, int]]] = {"single": [], "concurrent": [],
                                                          "sequential": []}  # fmt: skip
         bar = tqdm(range(cfg.repeats), desc="repeats", unit="step", file=sys.stderr,
@@ -236,19 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pulsemind bench reward: {exc}", file=sys.stderr)
         return 2
     quiet = () if args.verbose else ("training", "model")
-    for name in quiet:  # one INFO line per judged batch would bury the progress bar
-        logger.disable(name)
-    try:
-        result = run_bench(cfg)
-    except BenchError as exc:
-        print(f"pulsemind bench reward: {exc}", file=sys.stderr)
+    result = run_reported("pulsemind bench reward", lambda: run_bench(cfg), format_report,
+                          args.json, quiet)  # fmt: skip
+    if result is None:
         return 1
-    finally:
-        for name in quiet:
-            logger.enable(name)
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"numbers written to {args.json}")
     goals = (result["speedup"], result["vs_single_call"], result["calls_per_step"])
     return 1 if args.fail_below_goal and not all(g["met"] for g in goals) else 0
