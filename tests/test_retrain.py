@@ -210,3 +210,29 @@ def test_crpo_run_from_the_tab_with_the_server_as_judge(world):
     assert {"reward", "crpo/accuracy"} <= set(curves), sorted(curves)
     assert all(0 <= p.value <= 1 for p in curves["reward"] if p.value is not None)
     assert get_variant_by_name(db, done["variant"]).parent_id == get_variant_by_name(db, "tiny").id
+
+
+@pytest.mark.parametrize("who", ["alice", "ann", "bob"])
+def test_every_retrain_and_benchmark_endpoint_refuses_other_roles(world, who):
+    """Clinicians and annotators get a sentence for each admin endpoint, never stack text."""
+    c = Client(world["url"], auth=(who, PASSWORD), verbose=False)
+    for api, args in [("/retrain_runs", ()), ("/retrain_run", (1,)), ("/retrain_resume", (1,)),
+                      ("/eval_runs", ()), ("/eval_report", (1,))]:  # fmt: skip
+        with pytest.raises(Exception) as refused:
+            c.predict(*args, api_name=api)
+        text = str(refused.value)
+        assert "cannot" in text and "Traceback" not in text and "File \"" not in text, (api, text)
+
+
+def test_malformed_run_ids_get_plain_messages(world):
+    root = Client(world["url"], auth=("root", PASSWORD), verbose=False)
+    for value in ("abc", -1, 10**30, "../../etc/passwd", None):
+        with pytest.raises(Exception) as refused:
+            root.predict(value, api_name="/retrain_run")
+        text = str(refused.value)
+        assert "Traceback" not in text and "Error:" not in text[:20], (value, text)
+        try:  # the page's number box: Gradio itself refuses what is not a number
+            msg, _ = root.predict(value, api_name="/retrain_resume")
+        except Exception as exc:  # noqa: BLE001 - its words are checked below
+            msg = f"⚠️ {exc}"
+        assert msg.startswith("⚠️") and "Traceback" not in msg and "File \"" not in msg, (value, msg)
