@@ -51,7 +51,7 @@ from storage import (
 #: Answers of a known length (the end token is held back): long enough to see both stream.
 SAMPLING = {"max_tokens": 24, "min_tokens": 24, "temperature": 0.8, "seed": 7}
 #: For the browser: long enough to watch both columns grow in the page.
-BROWSER_SAMPLING = {"max_tokens": 160, "min_tokens": 160, "temperature": 0.8, "seed": 7}
+BROWSER_SAMPLING = {"max_tokens": 320, "min_tokens": 320, "temperature": 0.8, "seed": 7}
 #: The vote panel's values, in the order /compare_vote takes them (after the session's state).
 VOTE = ("a", "a", "tie", "b", "a", False, True, "A asks about fever; B does not.")
 #: What /compare_from_case, /compare_typed and /compare_continue return to programs (the
@@ -62,10 +62,11 @@ OUT = {
 }
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 POLL_S = 0.05
-#: Samples both answer columns in the page itself (Chromium's clock).
+#: Samples both answer columns in the page itself, on every change of the page (a mutation
+#: observer) and on a timer: a busy machine may render few frames, but each one is seen.
 START_SAMPLER = """(ms) => {
     window.__lengths = {a: [], b: []};
-    window.__sampler = setInterval(() => {
+    const sample = () => {
         for (const side of ["a", "b"]) {
             const el = document.querySelector(`#compare-answer-${side} .prose`)
                 || document.querySelector(`#compare-answer-${side}`);
@@ -73,7 +74,10 @@ START_SAMPLER = """(ms) => {
             const seen = window.__lengths[side];
             if (n && seen[seen.length - 1] !== n) seen.push(n);
         }
-    }, ms);
+    };
+    window.__observer = new MutationObserver(sample);
+    window.__observer.observe(document.body, {subtree: true, childList: true, characterData: true});
+    window.__sampler = setInterval(sample, ms);
 }"""
 
 
@@ -386,7 +390,8 @@ def test_annotator_compares_in_the_browser(chromium, world):  # noqa: F811 - fix
             "() => !document.querySelector('#compare-vote-button').disabled", timeout=60_000
         )
         lengths = page.evaluate(
-            "() => { clearInterval(window.__sampler); return window.__lengths; }"
+            "() => { clearInterval(window.__sampler); window.__observer.disconnect(); "
+            "return window.__lengths; }"
         )
         turn = last_turn(db, "ann2")
         for side in ("a", "b"):
