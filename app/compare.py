@@ -12,6 +12,8 @@ tests drive it through `Comparisons`:
                          "usefulness": "a", "language_quality": "b", "overall": "a"}, key)
     revealed.names                                        # {"a": "tiny", "b": "a1"}
     pair = flow.continue_(annotator, pair.turn.id, "Still hurts after two days.")
+    turn = flow.review(annotator2)                        # a second opinion: a turn another
+    flow.vote(annotator2, turn.id, {...}, key2)           # annotator voted on, answers as stored
 
 Both answers are recorded however they end (complete, cut off, failed, stopped), each by the
 thread that streamed it, so nothing shown is lost when the reader goes away. What the models
@@ -49,6 +51,7 @@ from storage import (
     VoteRecord,
     add_compare_turn,
     add_user_message,
+    assign_review,
     create_comparison,
     get_compare_turn,
     get_comparison,
@@ -184,6 +187,8 @@ class Revealed:
     vote: VoteRecord
     names: dict[str, str]
     turn: CompareTurnRecord
+    continues: bool = True
+    """False for a second opinion: the voter did not make the comparison and continues nothing."""
 
 
 def draw_pair(
@@ -412,7 +417,17 @@ class Comparisons:
         if comparison.source is CompareSource.CONSULTATION and vote.overall in (Overall.A, Overall.B):
             turn = keep_response(self.db, turn_id, user.id, Side(vote.overall.value))
         names = {side.value: v.name for side, v in reveal(self.db, turn_id, user.id).items()}
-        return Revealed(vote, names, turn)
+        return Revealed(vote, names, turn, continues=comparison.creator_id == user.id)
+
+    def review(self, user: UserRecord) -> CompareTurnRecord | None:
+        """A turn someone else compared and voted on, for the caller's second opinion (their
+        pending one first; `storage.reviews.assign_review`), with its stored answers, to be
+        judged blind with `vote`; None when nothing is left to review."""
+        turn = assign_review(self.db, user.id)
+        if turn is not None:
+            record_audit(self.db, "compare.review", user_id=user.id, target_type="compare_turn",
+                         target_id=turn.id)  # fmt: skip
+        return turn
 
     def keep(self, user: UserRecord, turn_id: int, side: Side | str) -> CompareTurnRecord:
         """Continue with side `side`'s answer (after the vote; in clinician mode it is stored as

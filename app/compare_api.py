@@ -1,4 +1,4 @@
-"""`/compare`, `/vote`, `/keep`: the Compare workflow for programs (gradio_client, scripts).
+"""`/compare`, `/vote`, `/keep`, `/compare_review`: the Compare workflow for programs.
 
     from gradio_client import Client, handle_file
     client = Client(url, auth=(name, password))
@@ -9,6 +9,9 @@
              "language_quality": "b", "overall": "a"}
     client.predict(last["turn_id"], votes, str(uuid.uuid4()), api_name="/vote")
     # {"turn_id", "vote_id", "names": {"a": "tiny", "b": "a1"}, "kept_side"}
+    turn = client.predict(api_name="/compare_review")  # a second opinion (annotators, admins):
+    # {"turn_id", "context", "a", "b", ...} of a turn another annotator voted on, or a message
+    client.predict(turn["turn_id"], votes, str(uuid.uuid4()), api_name="/vote")
 
 `/compare(message, case_id, turn_id, consultation_id, keep)`: exactly one source: a message
 {"text", "files"} alone (a typed patient turn: annotators, admins), a case id (annotators,
@@ -37,9 +40,18 @@ from app.compare import (
 )
 from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id
-from app.i18n import SERVER
+from app.i18n import SERVER, t
 from app.language import current_language
-from storage import InvalidInput, Side, UserRecord, UserRole
+from storage import (
+    CompareTurnRecord,
+    Database,
+    InvalidInput,
+    Side,
+    UserRecord,
+    UserRole,
+    turn_context,
+)
+from storage.access import ANNOTATING_ROLES
 
 #: What a program that sent something other than {"text": str, "files": [...]} is told.
 MALFORMED = SERVER["api.malformed"]["en"]
@@ -50,7 +62,7 @@ VOTE_FIELDS = frozenset(VoteChoice.__dataclass_fields__)
 
 
 def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) -> None:
-    """Register `/compare`, `/vote` and `/keep` in the current Blocks."""
+    """Register `/compare`, `/vote`, `/keep` and `/compare_review` in the current Blocks."""
     # every role: storage.access decides (annotators and admins on cases and typed turns,
     # a clinician only in her own consultation), as for the tabs
     guard = auth.guard(*UserRole)
@@ -129,8 +141,35 @@ def build_compare_api(auth: Auth, comparisons: Comparisons, concurrency: int) ->
         return {"turn_id": turn.id, "kept_side": _value(turn.kept_side),
                 "message_id": turn.kept_message_id}  # fmt: skip
 
-    for fn in (compare, vote, keep):
+    @auth.guard(*ANNOTATING_ROLES)  # as the Compare tab
+    def compare_review(user: UserRecord) -> dict | str:
+        """A second opinion: a turn another annotator compared and voted on (your pending one
+        first), with the context and both answers as stored, blind: {"turn_id", "context":
+        [{"role", "text", "files"}], "a", "b", "finish_reason", "reference"}; vote on it with
+        `/vote`. A plain message when there is nothing to review."""
+        turn = comparisons.review(user)
+        if turn is None:
+            return t("compare.review_none")
+        return review_json(comparisons.db, user, turn)
+
+    for fn in (compare, vote, keep, compare_review):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=concurrency)
+
+
+def review_json(db: Database, user: UserRecord, turn: CompareTurnRecord) -> dict:
+    """A turn to review as plain JSON: what both models were sent (files as the image URLs
+    `/attachments` serves to the reviewer) and both stored answers; never the variants."""
+    context = [{"role": _value(m.role), "text": m.text,
+                "files": [[f"/attachments/{a.id}/{img.position}.png" for img in a.images]
+                          for a in m.attachments]}
+               for m in turn_context(db, turn.id, user_id=user.id)]  # fmt: skip
+    out: dict = {"turn_id": turn.id, "context": context, "finish_reason": {},
+                 "reference": turn.reference_answer}  # fmt: skip
+    for side in ("a", "b"):
+        r = turn.response(side)
+        out[side] = r.text if r else ""
+        out["finish_reason"][side] = _value(r.finish_reason) if r else None
+    return out
 
 
 def message_parts(message: object) -> tuple[str, list[tuple[str, object]]]:

@@ -12,7 +12,9 @@ only when both answers ended on their own. The turn's idempotency key is made wh
 starts and kept in the session (`gr.State`), so a double click or a resent vote is one row;
 "Saved" and the reveal are shown only after the commit returns. Continue: the preferred answer
 (or, after a tie, the one chosen) becomes shared history and both variants answer the patient's
-next turn.
+next turn. Second opinion: a turn another annotator compared and voted on (`storage.reviews`)
+is shown with both stored answers (not regenerated, sides as stored), the vote unlocked at
+once; the reveal follows the vote, and the conversation is not continued.
 
 Handlers are plain methods `(user, *inputs)` (`CompareHandlers`), testable without a browser;
 `build_compare_tab` lays out the components and wires each handler through `Auth.guard`
@@ -306,6 +308,28 @@ class CompareHandlers:
         yield from self._pair(user, lambda: self.flow.continue_(user, tid, text, files, keep=side),
                               clear="next", notes="continue_note")  # fmt: skip
 
+    def compare_review(self, user: UserRecord):
+        """A second opinion: a turn someone else compared and voted on (the caller's pending one
+        first), its conversation and both stored answers, blind, the vote unlocked at once."""
+        try:
+            turn = self.flow.review(user)
+            if turn is None:
+                yield _out(status=t("compare.review_none"))
+                return
+            context = turn_conversation(self.db, user, turn)
+        except Exception as exc:
+            yield _out(status=failed(exc))
+            return
+        texts = {side: (turn.response(side).text if turn.response(side) else "") for side in "ab"}
+        yield _out(
+            context=context, a=texts["a"], b=texts["b"], status=t("compare.review_ready"),
+            vote_button=gr.update(interactive=True), vote_note="", reveal="", turn_id=turn.id,
+            key=str(uuid.uuid4()), keep=gr.update(value=None, visible=False),
+            continue_note=t("compare.review_no_continue"),
+            **{f: None for f in (*DIMENSIONS, "overall")}, safety_flag_a=False,
+            safety_flag_b=False, comment="",
+        )  # fmt: skip
+
     def _pair(self, user: UserRecord, begin: Callable[[], PairAnswer], clear: str | None = None,
               notes: str = "status") -> Iterator[tuple]:  # fmt: skip
         """Start a turn with `begin`, then stream both answers and unlock the vote if both ended
@@ -363,7 +387,8 @@ class CompareHandlers:
             revealed = self.flow.vote(user, tid, choices, key if isinstance(key, str) else "")
         except Exception as exc:  # nothing chosen is lost: the radios are not outputs
             return failed(exc), _skip(), _skip(), _skip()
-        tie = revealed.vote.overall not in (Overall.A, Overall.B)
+        # after a tie the creator chooses the answer that continues; a second opinion keeps none
+        tie = revealed.continues and revealed.vote.overall not in (Overall.A, Overall.B)
         saved = t("compare.saved") + (" " + t("compare.choose_kept") if tie else "")
         names = revealed.names
         return (saved, gr.update(interactive=False), t("compare.reveal", a=names["a"],
@@ -429,6 +454,10 @@ def build_compare_tab(
             )  # fmt: skip
             start_typed = gr.Button(i18n("compare.start"), variant="primary",
                                     elem_id="compare-start-typed")  # fmt: skip
+        with gr.Tab(i18n("compare.from_review"), id="compare-from-review"):
+            gr.Markdown(i18n("compare.review_info"))
+            start_review = gr.Button(i18n("compare.review_start"), variant="primary",
+                                     elem_id="compare-start-review")  # fmt: skip
     status = gr.Markdown(elem_id="compare-status")
     context = gr.Chatbot(label=i18n("compare.context"), height=320, buttons=["copy"],
                          feedback_options=None, elem_id="compare-context")  # fmt: skip
@@ -498,6 +527,8 @@ def build_compare_tab(
             next_box.submit(guard(h.continue_comparison), [turn_id, next_box, keep], streamed,
                             concurrency_limit=limit, **private),
         ]  # fmt: skip
+        start_review.click(guard(h.compare_review), None, streamed, api_name="compare_from_review",
+                           concurrency_limit=limit)  # fmt: skip
         vote_btn.click(guard(h.vote), [turn_id, key, *dims, overall, flag_a, flag_b, comment],
                        [vote_note, vote_btn, reveal, keep], api_name="compare_vote",
                        concurrency_limit=limit)  # fmt: skip

@@ -12,21 +12,26 @@ the page reaches the same methods through small private events that render their
 
 from __future__ import annotations
 
+import html
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 import storage
+from app.attachment_cards import card_html
 from app.auth import CLINICAL, Auth
 from app.compare import Comparisons, FromConsultation
 from app.config import AppConfig
 from app.consult_api import display_name, file_path
-from app.edge import optional_id, parse_id, parse_index
+from app.edge import optional_id, parse_id, parse_index, user_message
 from app.i18n import SERVER, error_text, i18n, t, translate
 from app.language import current_language
-from app.workflow import Answer, Consultations
+from app.viewer import build_viewer
+from app.workflow import Answer, Consultations, UploadRejected
 from storage import (
     DIMENSIONS,
     AnswerVersions,
@@ -40,6 +45,7 @@ from storage import (
     UserRecord,
     list_active_variants,
     list_consultations,
+    list_variants,
     record_audit,
     rename_consultation,
 )
@@ -58,14 +64,15 @@ THUMBNAILS_PER_ATTACHMENT = 4
 #: Characters of an answer shown in the answer picker: enough to tell answers apart.
 ANSWER_PREVIEW_CHARS = 48
 PICK_ANSWER = "Pick an answer first. / 请先选择一条回答。"
+#: Longest the Stop button waits for the answer to end by itself (and be shown as stored)
+#: before the event is cancelled outright (a model that sends nothing more).
+STOP_WAIT_S = 5.0
 
 
 def _image_md(att) -> str:
-    return " ".join(
-        f"[![{att.original_name}, {img.label}](/attachments/{att.id}/{img.position}.png)]"
-        f"(/attachments/{att.id}/{img.position}.png)"
-        for img in att.images[:THUMBNAILS_PER_ATTACHMENT]
-    )
+    """An attachment in the chat: a card saying what intake did, its thumbnails in one row
+    (`app.attachment_cards`; HTML, every text escaped)."""
+    return card_html(att)
 
 
 def render(records: list[MessageRecord]) -> list[dict]:
@@ -73,9 +80,7 @@ def render(records: list[MessageRecord]) -> list[dict]:
     out = []
     for m in records:
         if m.role is MessageRole.USER:
-            files = [
-                f"**{a.original_name}** ({a.kind.value})\n\n{_image_md(a)}" for a in m.attachments
-            ]
+            files = [_image_md(a) for a in m.attachments]
             out.append({"role": "user", "content": "\n\n".join([*files, m.text]).strip()})
         elif m.role is MessageRole.ASSISTANT:
             text = m.text
@@ -152,6 +157,54 @@ def _attachment_choices(records: list[MessageRecord]) -> list[tuple[str, str]]:
     ]
 
 
+def _in_place(exc: BaseException) -> str:
+    """An error as the line beside the control used shows it, in the reader's words (logged
+    by `app.edge`): raised from a page event, Gradio would mark every output as failed."""
+    return t("consult.status.failed", error=error_text(exc, user_message(exc)))
+
+
+def _rejected_files(exc: UploadRejected) -> str:
+    """One line per file that could not be used (its name first), then what to do."""
+    lines = [f"- ⚠️ {error_text(exc, line)}" for line in exc.errors]
+    return "\n".join([*lines, "", t("consult.upload_fix")])
+
+
+def _answer_meta(m: MessageRecord, variants: dict[int, str]) -> str:
+    """The line under an answer: the length-limit mark, its model variant, the time it took."""
+    parts = []
+    if m.finish_reason is not None and m.finish_reason.value == "length":
+        parts.append(t("consult.note.length"))
+    name = variants.get(m.model_variant_id) if m.model_variant_id is not None else None
+    if name and m.latency_ms is not None:
+        parts.append(t("consult.answer_meta", variant=name, seconds=f"{m.latency_ms / 1000:.1f}"))
+    elif name:
+        parts.append(name)
+    return " · ".join(parts)
+
+
+def with_meta(shown: list[dict], records: list[MessageRecord], variants: dict[int, str]) -> list[dict]:
+    """`render`'s chat with each answer's line under it (`_answer_meta`). The line is drawn by
+    CSS from its title (assets/app.css `.answer-meta`): the answer's own text, as copied or
+    read back, stays exactly the stored text."""
+    kept = [m for m in records if m.role in (MessageRole.USER, MessageRole.ASSISTANT)]
+    out = []
+    for msg, m in zip(shown, kept, strict=False):
+        meta = _answer_meta(m, variants) if m.role is MessageRole.ASSISTANT else ""
+        if meta and isinstance(msg.get("content"), str):
+            span = f'<span class="answer-meta" title="{html.escape(meta)}"></span>'
+            msg = {**msg, "content": f"{msg['content']}\n\n{span}"}
+        out.append(msg)
+    return out
+
+
+@dataclass
+class _Running:
+    """An answer streaming to the page: Stop asks it to end, and waits until it has."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class ConsultHandlers:
     """The Consult tab's use cases as plain methods `(user, *inputs) -> outputs`: no components
     and no request inside, so tests call them directly; `build_consult_tab` wraps each in
@@ -159,6 +212,9 @@ class ConsultHandlers:
 
     def __init__(self, db: Database, flow: Consultations, comparisons: Comparisons | None = None):
         self.db, self.flow, self.comparisons = db, flow, comparisons
+        # (user id, consultation id) -> the answer streaming there (Stop / Esc end it)
+        self._running: dict[tuple[int, int], _Running] = {}
+        self._running_lock = threading.Lock()
 
     def refresh(self, user: UserRecord, current: int | None):
         variants = list_active_variants(self.db)
@@ -212,19 +268,50 @@ class ConsultHandlers:
         return ""
 
     def _stream(self, user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
-        """Yield the chat while the answer streams (throttled); record it, then show it stored."""
-        shown = render(answer.history)
-        with closing(self.flow.streamed(user, answer)) as texts:
-            for text in texts:
-                yield [*shown, {"role": "assistant", "content": text}]
-        stored = [answer.recorded] if answer.recorded is not None else []
-        final = render([*answer.history, *stored])
-        out = answer.outcome
-        if answer.recorded is None and out is not None and out.error is not None:
-            # nothing was stored (no text came): show the failure where the answer would be
-            note = t(FAILED_NOTES["error"], error=error_text(out.error, out.error.user_message))
-            final.append({"role": "assistant", "content": note})
-        yield final
+        """Yield the chat while the answer streams (throttled); record it, then show it stored.
+
+        Stop (`stop`) ends the stream here rather than cancelling the event, so the last update
+        is the answer as stored, marked stopped, whatever arrived after the last update shown.
+        """
+        shown = self.chat(answer.history)
+        key = (user.id, answer.consultation_id or 0)
+        run = _Running()
+        with self._running_lock:
+            self._running[key] = run
+        try:
+            with closing(self.flow.streamed(user, answer)) as texts:
+                for text in texts:
+                    if run.stop.is_set():
+                        break
+                    yield [*shown, {"role": "assistant", "content": text}]
+            stored = [answer.recorded] if answer.recorded is not None else []
+            final = self.chat([*answer.history, *stored])
+            out = answer.outcome
+            if answer.recorded is None and out is not None and out.error is not None:
+                # nothing was stored (no text came): show the failure where the answer would be
+                note = t(FAILED_NOTES["error"], error=error_text(out.error, out.error.user_message))
+                final.append({"role": "assistant", "content": note})
+            yield final
+        finally:
+            run.done.set()
+            with self._running_lock:
+                if self._running.get(key) is run:
+                    del self._running[key]
+
+    def chat(self, records: list[MessageRecord]) -> list[dict]:
+        """The chat as the page shows it: `render`, each answer with its model and time."""
+        variants = {v.id: v.name for v in list_variants(self.db)}
+        return with_meta(render(records), records, variants)
+
+    def stop(self, user: UserRecord, cid: int | None) -> None:
+        """Stop / Esc: end the answer streaming into this consultation; return once it is
+        recorded and shown (at most `STOP_WAIT_S`; the page then cancels the event)."""
+        cid = optional_id(cid, "consultation")
+        with self._running_lock:
+            run = self._running.get((user.id, cid or 0))
+        if run is not None:
+            run.stop.set()
+            run.done.wait(STOP_WAIT_S)
 
     def send(self, user: UserRecord, message: dict | None, cid: int | None):
         """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained."""
@@ -238,7 +325,7 @@ class ConsultHandlers:
                                text if isinstance(text, str) else "", files)  # fmt: skip
         choices = _choices(self.db, user)
         title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
-        shown = render(self.flow.chat_history(user, cid))
+        shown = self.chat(self.flow.chat_history(user, cid))
         return gr.update(choices=choices, value=cid), shown, None, "", title_text
 
     def answer(self, user: UserRecord, cid: int | None, variant_name: str | None):
@@ -354,6 +441,119 @@ class ConsultHandlers:
             self.db, parse_id(consultation_id, "consultation"), parse_id(message_id, "answer"),
             user.id))  # fmt: skip
 
+    # --- the page: the list, the URL, errors shown in place -------------------------------
+    # Page events must not raise (Gradio would mark every output failed, and the chat, the
+    # list and the composer would show "Error"): these catch and say what went wrong in the
+    # line beside the control used. Programs keep the raising endpoints above.
+
+    def _listing(self, user: UserRecord, search: str | None, current: int | None) -> dict:
+        """The consultation list (newest activity first), the open one marked."""
+        choices = _choices(self.db, user, search)
+        return gr.update(choices=choices,
+                         value=current if any(v == current for _, v in choices) else None)  # fmt: skip
+
+    def _opened(self, user: UserRecord, cid: int, search: str | None) -> tuple:
+        """(consultation, list, chat, title, report picker, notice) with `cid` open."""
+        records = self.flow.chat_history(user, cid)
+        found = storage.get_consultation(self.db, cid, user.id)
+        return (cid, self._listing(user, search, cid), self.chat(records), found.title,
+                gr.update(choices=_attachment_choices(records), value=None), "")  # fmt: skip
+
+    def _cleared(self, user: UserRecord, search: str | None, notice: str = "") -> tuple:
+        return (None, self._listing(user, search, None), [], "",
+                gr.update(choices=[], value=None), notice)  # fmt: skip
+
+    def start(self, user: UserRecord, wanted: str | None, search: str | None):
+        """Page load: open the consultation the address names (`?c=<id>`), else the one
+        updated last; one the caller may not read is "not found", said in place."""
+        try:
+            cid = optional_id(wanted, "consultation")
+            if cid is None:
+                latest = list_consultations(self.db, user.id, limit=1)
+                cid = latest[0].id if latest else None
+            return self._opened(user, cid, search) if cid is not None else self._cleared(user, search)
+        except Exception as exc:  # noqa: BLE001 - shown in place (logged by app.edge)
+            return self._cleared(user, search, _in_place(exc))
+
+    def open_page(self, user: UserRecord, cid: int | None, search: str | None):
+        """A consultation picked in the list."""
+        try:
+            cid = optional_id(cid, "consultation")
+            return self._opened(user, cid, search) if cid is not None else self._cleared(user, search)
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            return self._cleared(user, search, _in_place(exc))
+
+    def new_page(self, user: UserRecord, search: str | None):
+        """"New consultation": an empty chat; nothing is stored until the first message."""
+        return self._cleared(user, search)
+
+    def send_page(self, user: UserRecord, message: dict | None, cid: int | None,
+                  search: str | None):  # fmt: skip
+        """The composer's Enter: `send`, with refused files named beside the composer and the
+        draft (text and files) left in it. Outputs: consultation, list, chat, composer, status,
+        title, notice, whether the answer should follow."""
+        keep = (gr.skip(),) * 6
+        try:
+            consultation, shown, box, status, title_text = self.send(user, message, cid)
+        except UploadRejected as exc:
+            return *keep, _rejected_files(exc), False
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            return *keep, _in_place(exc), False
+        new = consultation["value"]
+        return new, self._listing(user, search, new), shown, box, status, title_text, "", True
+
+    def retry_page(self, user: UserRecord, cid: int | None, variant_name: str | None):
+        """Retry / regenerate from the page: `retry`, its refusals said in the status line."""
+        try:
+            cid = optional_id(cid, "consultation")
+            if cid is None:
+                raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+            answer = self.flow.answer(user, cid, variant_name, regenerate=True,
+                                      language=current_language())  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            yield gr.skip(), _in_place(exc)
+            return
+        for chat_value in self._stream(user, answer):
+            yield chat_value, _status(answer)
+
+    def rename_page(self, user: UserRecord, cid: int | None, new_title: str | None,
+                    search: str | None):  # fmt: skip
+        """Enter in the title (or Rename): the list shows the new title."""
+        try:
+            self.rename(user, cid, new_title or "")
+            return self._listing(user, search, optional_id(cid, "consultation")), ""
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            return gr.skip(), _in_place(exc)
+
+    def ask_delete(self, user: UserRecord, cid: int | None):
+        """Delete asks first: the confirm buttons show with the consultation's title."""
+        try:
+            cid = optional_id(cid, "consultation")
+            if cid is None:
+                raise InvalidInput("no consultation", user_message=OPEN_FIRST)
+            found = storage.get_consultation(self.db, cid, user.id)
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            return gr.update(visible=False), _in_place(exc)
+        return gr.update(visible=True), t("consult.delete_question", title=found.title)
+
+    def cancel_delete(self, user: UserRecord):
+        return gr.update(visible=False), ""
+
+    def delete_page(self, user: UserRecord, cid: int | None, search: str | None):
+        """Confirmed: the consultation leaves the list (kept in SQL) and the chat clears."""
+        try:
+            cid = parse_id(cid, "consultation")
+            title_text = storage.get_consultation(self.db, cid, user.id).title
+            self.delete_consultation(user, cid)
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            return (*(gr.skip(),) * 5, gr.update(visible=False), _in_place(exc))
+        *cleared, _ = self._cleared(user, search)
+        return (*cleared, gr.update(visible=False), t("consult.deleted", title=title_text))
+
+    def list_page(self, user: UserRecord, search: str | None, cid: int | None):
+        """The list after an answer (its consultation moved to the top)."""
+        return self._listing(user, search, optional_id(cid, "consultation"))
+
     # --- the same, rendered into the page ------------------------------------------------
 
     def filter_list(self, user: UserRecord, search: str | None, current: int | None):
@@ -398,6 +598,35 @@ class ConsultHandlers:
         return _thumbs_buttons(Thumbs(mine["thumbs"]))
 
 
+#: The page's script, run once the Consult tab's page-load chain passed the role check:
+#: Esc stops an answer (it presses Stop), and on a phone the list starts closed as a drawer
+#: (gr.Sidebar covers the whole width there) and closes again once a consultation is picked.
+PAGE_JS = """() => {
+    const phone = () => window.matchMedia("(max-width: 768px)").matches;
+    window.pulsemindCloseDrawer = () => {
+        const open = document.querySelector("#consult-sidebar.open .toggle-button");
+        if (open && phone()) open.click();
+    };
+    window.pulsemindCloseDrawer();
+    if (!window.pulsemindEsc) {
+        window.pulsemindEsc = true;
+        document.addEventListener("keydown", (e) => {
+            const stop = document.querySelector("#consult-stop");
+            if (e.key === "Escape" && stop && stop.offsetParent !== null) stop.click();
+        }, true);  // capture: before a focused control handles the key
+    }
+}"""
+#: The open consultation's address: `?c=<id>` (other parameters kept), none for a new one.
+SET_URL_JS = """(c) => {
+    const url = new URL(window.location.href);
+    if (c) url.searchParams.set("c", c); else url.searchParams.delete("c");
+    window.history.replaceState(window.history.state, "", url);
+    if (window.pulsemindCloseDrawer) window.pulsemindCloseDrawer();
+}"""
+#: The page load reads `?c=<id>` from the address: it becomes the start handler's first input.
+READ_URL_JS = """(c, search) => [new URLSearchParams(window.location.search).get("c"), search]"""
+
+
 def build_consult_tab(
     config: AppConfig, db: Database, auth: Auth, flow: Consultations,
     comparisons: Comparisons | None = None,
@@ -406,104 +635,158 @@ def build_consult_tab(
     h = ConsultHandlers(db, flow, comparisons)
 
     banner = gr.Markdown(visible=False)
-    with gr.Row():
-        with gr.Column(scale=1, min_width=240):
-            # allow_custom_value: choices are per user and set at load; the server checks
-            # ownership of whatever id arrives (HTTP clients send ids directly).
-            search = gr.Textbox(label=i18n("consult.search"), max_lines=1)
-            consultation = gr.Dropdown(label=i18n("consult.consultations"), choices=[], value=None,
-                                       interactive=True, allow_custom_value=True)  # fmt: skip
-            new_btn = gr.Button(i18n("consult.new"), variant="secondary")
-            delete_btn = gr.Button(i18n("consult.delete"), size="sm", variant="stop")
-            title = gr.Textbox(label=i18n("consult.title"), max_lines=1)
+    # the list of consultations: a drawer on a phone (gr.Sidebar), beside the chat elsewhere
+    with gr.Sidebar(label=i18n("consult.consultations"), elem_id="consult-sidebar", width=300):
+        new_btn = gr.Button(i18n("consult.new"), variant="primary", elem_id="consult-new")
+        search = gr.Textbox(label=i18n("consult.search"), max_lines=1, elem_id="consult-search")
+        listing = gr.Radio(label=i18n("consult.consultations"), choices=[], value=None,
+                           elem_id="consult-list")  # fmt: skip
+        # the open consultation's id (what every event and HTTP client sends); the server
+        # checks ownership of whatever id arrives, hence any value is accepted here
+        consultation = gr.Dropdown(label=i18n("consult.consultations"), choices=[], value=None,
+                                   interactive=True, allow_custom_value=True,
+                                   visible="hidden")  # fmt: skip
+        title = gr.Textbox(label=i18n("consult.title"), max_lines=1, elem_id="consult-title",
+                           info=i18n("consult.title_info"))  # fmt: skip
+        with gr.Row():
             rename_btn = gr.Button(i18n("consult.rename"), size="sm")
-            variant = gr.Dropdown(label=i18n("consult.model"), choices=[], interactive=True,
-                                  allow_custom_value=True)  # fmt: skip
-            with gr.Accordion(i18n("consult.report_text"), open=False):
-                report = gr.Dropdown(label=i18n("consult.attachment"), choices=[], interactive=True,
-                                     allow_custom_value=True)  # fmt: skip
-                report_text = gr.Textbox(label=i18n("consult.extracted_text"), lines=12,
-                                         interactive=False)  # fmt: skip
-        with gr.Column(scale=3):
-            chat = gr.Chatbot(label=i18n("consult.chat"), height=560, buttons=["copy"],
-                              feedback_options=None, elem_id="consult-chat")  # fmt: skip
-            box = gr.MultimodalTextbox(
-                file_types=ACCEPTED, file_count="multiple", sources=["upload"],
-                label=i18n("consult.message"), placeholder=i18n("consult.placeholder"),
-                show_label=False, elem_id="consult-input",
-            )  # fmt: skip
-            with gr.Row():
-                stop_btn = gr.Button(i18n("consult.stop"), size="sm", scale=0, min_width=100)
-                retry_btn = gr.Button(i18n("consult.retry"), size="sm", scale=0, min_width=160)
-                compare_on = gr.Checkbox(label=i18n("consult.compare.switch"), value=False,
-                                         visible=False, elem_id="consult-compare-switch")  # fmt: skip
-            # clinician compare mode: the next answer comes from two variants, side by side
-            with gr.Group(visible=False, elem_id="consult-compare") as compare_panel:
-                sides = {}  # side -> (its answer, its pick button), labelled anonymously
-                with gr.Row(equal_height=True):
-                    for side in ("a", "b"):
-                        with gr.Column():
-                            gr.Markdown(i18n(f"consult.compare.answer_{side}"),
-                                        elem_id=f"consult-compare-heading-{side}")  # fmt: skip
-                            sides[side] = (
-                                gr.Markdown(container=True, min_height=120,
-                                            elem_id=f"consult-compare-{side}"),
-                                gr.Button(i18n(f"consult.compare.pick_{side}"), interactive=False,
-                                          variant="primary"),
-                            )  # fmt: skip
-                (answer_a, pick_a), (answer_b, pick_b) = sides["a"], sides["b"]
-                with gr.Accordion(i18n("consult.compare.dimensions"), open=False):
-                    with gr.Row():
-                        dimension_radios = [
-                            gr.Radio([("A", "a"), ("B", "b"), ("A = B", "tie")], value=None,
-                                     label=i18n(f"consult.compare.{d}"), min_width=160)
-                            for d in DIMENSIONS
-                        ]  # fmt: skip
-                compare_turn, compare_key = gr.State(None), gr.State(None)
-            status = gr.Markdown(elem_id="consult-status")
-            # an answer of the chat: its versions (Retry adds one) and the clinician's rating
-            with gr.Row():
-                answer_pick = gr.Dropdown(label=i18n("consult.answer"), choices=[], interactive=True,
-                                          allow_custom_value=True, scale=3)  # fmt: skip
-                version_pick = gr.Dropdown(label=i18n("consult.version"), choices=[], interactive=True,
-                                           allow_custom_value=True, scale=1)  # fmt: skip
-                up_btn = gr.Button("👍", size="sm", scale=0, min_width=60)
-                down_btn = gr.Button("👎", size="sm", scale=0, min_width=60)
-            comment = gr.Textbox(label=i18n("consult.comment"), max_lines=4)
-            thumbs = [(up_btn, gr.State(Thumbs.UP.value)), (down_btn, gr.State(Thumbs.DOWN.value))]
+            delete_btn = gr.Button(i18n("consult.delete"), size="sm", variant="stop",
+                                   elem_id="consult-delete")  # fmt: skip
+        with gr.Row(visible=False) as confirm_row:
+            confirm_btn = gr.Button(i18n("consult.confirm_delete"), size="sm", variant="stop",
+                                    elem_id="consult-confirm-delete")  # fmt: skip
+            cancel_btn = gr.Button(i18n("consult.cancel"), size="sm")
+        list_note = gr.Markdown(elem_id="consult-list-note")
+        variant = gr.Dropdown(label=i18n("consult.model"), choices=[], interactive=True,
+                              allow_custom_value=True)  # fmt: skip
+        with gr.Accordion(i18n("consult.report_text"), open=False):
+            report = gr.Dropdown(label=i18n("consult.attachment"), choices=[], interactive=True,
+                                 allow_custom_value=True)  # fmt: skip
+            report_text = gr.Textbox(label=i18n("consult.extracted_text"), lines=12,
+                                     interactive=False)  # fmt: skip
+    with gr.Column():
+        chat = gr.Chatbot(label=i18n("consult.chat"), height=560, buttons=["copy"],
+                          feedback_options=None, elem_id="consult-chat")  # fmt: skip
+        # what went wrong with the last action (a refused file, a consultation not found)
+        notice = gr.Markdown(elem_id="consult-notice")
+        box = gr.MultimodalTextbox(
+            file_types=ACCEPTED, file_count="multiple", sources=["upload"],
+            label=i18n("consult.message"), placeholder=i18n("consult.placeholder"),
+            show_label=False, elem_id="consult-input",
+        )  # fmt: skip
+        with gr.Row():
+            stop_btn = gr.Button(i18n("consult.stop"), size="sm", scale=0, min_width=100,
+                                 elem_id="consult-stop")  # fmt: skip
+            retry_btn = gr.Button(i18n("consult.retry"), size="sm", scale=0, min_width=160)
+            compare_on = gr.Checkbox(label=i18n("consult.compare.switch"), value=False,
+                                     visible=False, elem_id="consult-compare-switch")  # fmt: skip
+        # clinician compare mode: the next answer comes from two variants, side by side
+        with gr.Group(visible=False, elem_id="consult-compare") as compare_panel:
+            sides = {}  # side -> (its answer, its pick button), labelled anonymously
+            with gr.Row(equal_height=True):
+                for side in ("a", "b"):
+                    with gr.Column():
+                        gr.Markdown(i18n(f"consult.compare.answer_{side}"),
+                                    elem_id=f"consult-compare-heading-{side}")  # fmt: skip
+                        sides[side] = (
+                            gr.Markdown(container=True, min_height=120,
+                                        elem_id=f"consult-compare-{side}"),
+                            gr.Button(i18n(f"consult.compare.pick_{side}"), interactive=False,
+                                      variant="primary"),
+                        )  # fmt: skip
+            (answer_a, pick_a), (answer_b, pick_b) = sides["a"], sides["b"]
+            with gr.Accordion(i18n("consult.compare.dimensions"), open=False):
+                with gr.Row():
+                    dimension_radios = [
+                        gr.Radio([("A", "a"), ("B", "b"), ("A = B", "tie")], value=None,
+                                 label=i18n(f"consult.compare.{d}"), min_width=160)
+                        for d in DIMENSIONS
+                    ]  # fmt: skip
+            compare_turn, compare_key = gr.State(None), gr.State(None)
+        status = gr.Markdown(elem_id="consult-status")
+        # an answer of the chat: its versions (Retry adds one) and the clinician's rating
+        with gr.Row():
+            answer_pick = gr.Dropdown(label=i18n("consult.answer"), choices=[], interactive=True,
+                                      allow_custom_value=True, scale=3)  # fmt: skip
+            version_pick = gr.Dropdown(label=i18n("consult.version"), choices=[], interactive=True,
+                                       allow_custom_value=True, scale=1)  # fmt: skip
+            up_btn = gr.Button("👍", size="sm", scale=0, min_width=60)
+            down_btn = gr.Button("👎", size="sm", scale=0, min_width=60)
+        comment = gr.Textbox(label=i18n("consult.comment"), max_lines=4)
+        thumbs = [(up_btn, gr.State(Thumbs.UP.value)), (down_btn, gr.State(Thumbs.DOWN.value))]
+        # the images of the open consultation: zoom, pan, side by side, cine, window/level
+        viewer = build_viewer(db, auth, open=False)
+    sent_ok = gr.State(False)
 
     def wire(blocks: gr.Blocks) -> None:
-        blocks.load(guard(h.refresh), [consultation], [consultation, variant, banner],
-                    api_name="refresh")  # fmt: skip
-        # .input, not .change: the handlers below set the value while an answer streams
-        open_ev = consultation.input(guard(h.open_consultation), [consultation],
-                                     [chat, title, report, status],
-                                     api_name="open_consultation")  # fmt: skip
-        new_ev = new_btn.click(guard(h.new_consultation), None, [consultation, chat, title],
-                               api_name="new_consultation")  # fmt: skip
-        rename_btn.click(guard(h.rename), [consultation, title], [consultation], api_name="rename")
+        private = {"api_visibility": "private"}
+        quiet = {"api_visibility": "private", "show_progress": "hidden"}
+        limit = config.concurrency
+        opened = [consultation, listing, chat, title, report, notice]
+        set_url = {"fn": None, "inputs": [consultation], "outputs": None, "js": SET_URL_JS}
+
+        # --- for programs: the endpoints as they were (they raise; clients read the error)
+        gr.on([], guard(h.open_consultation), [consultation], [chat, title, report, status],
+              api_name="open_consultation")  # fmt: skip
+        gr.on([], guard(h.new_consultation), None, [consultation, chat, title],
+              api_name="new_consultation")  # fmt: skip
+        gr.on([], guard(h.rename), [consultation, title], [consultation], api_name="rename")
+        gr.on([], guard(h.send), [box, consultation], [consultation, chat, box, status, title],
+              api_name="send", concurrency_limit=limit)  # fmt: skip
+        gr.on([], guard(h.retry), [consultation, variant], [chat, status], api_name="retry",
+              concurrency_limit=limit)  # fmt: skip
+        for fn in (h.list_consultations, h.delete_consultation, h.feedback, h.versions,
+                   h.choose_version):  # fmt: skip
+            gr.api(guard(fn), api_name=fn.__name__)
+
+        # --- the page: load, the list, the address
+        loaded = blocks.load(guard(h.refresh), [consultation], [consultation, variant, banner],
+                             api_name="refresh")  # fmt: skip
+        started = loaded.success(guard(h.start), [consultation, search], opened, js=READ_URL_JS,
+                                 **quiet)  # fmt: skip
+        started.then(**set_url).then(None, None, None, js=PAGE_JS)
+        open_ev = listing.input(guard(h.open_page), [listing, search], opened, **private)
+        open_ev.then(**set_url)
+        new_ev = new_btn.click(guard(h.new_page), [search], opened, **private)
+        new_ev.then(**set_url)
+        search.change(guard(h.filter_list), [search, consultation], [listing], **quiet)
+        for trigger in (title.submit, rename_btn.click):  # Enter in the title renames
+            trigger(guard(h.rename_page), [consultation, title, search], [listing, list_note],
+                    **private)  # fmt: skip
+        delete_btn.click(guard(h.ask_delete), [consultation], [confirm_row, list_note], **private)
+        cancel_btn.click(guard(h.cancel_delete), None, [confirm_row, list_note], **private)
+        delete_ev = confirm_btn.click(guard(h.delete_page), [consultation, search],
+                                      [consultation, listing, chat, title, report, confirm_row,
+                                       list_note], **private)  # fmt: skip
+        delete_ev.then(**set_url)
         report.change(guard(h.show_report), [consultation, report], [report_text],
                       api_name="report_text")  # fmt: skip
-        limit = config.concurrency
-        send_ev = box.submit(guard(h.send), [box, consultation],
-                             [consultation, chat, box, status, title], api_name="send",
-                             concurrency_limit=limit)  # fmt: skip
+
+        # --- a turn: store it (refusals said beside the composer), then answer it
+        send_ev = box.submit(guard(h.send_page), [box, consultation, search],
+                             [consultation, listing, chat, box, status, title, notice, sent_ok],
+                             concurrency_limit=limit, **private)  # fmt: skip
+        send_ev.then(**set_url)
+        sent = send_ev.success(_go_on, [sent_ok], None, **quiet)
         # compare mode decides what follows the turn: one answer (/answer) or two side by side
-        single = send_ev.success(_when(False), [compare_on], None, api_visibility="private",
-                                 show_progress="hidden")  # fmt: skip
+        single = sent.success(_when(False), [compare_on], None, **quiet)
         answer_ev = single.success(guard(h.answer), [consultation, variant], [chat, status],
                                    api_name="answer", concurrency_limit=limit)  # fmt: skip
-        pair = send_ev.success(_when(True), [compare_on], None, api_visibility="private",
-                               show_progress="hidden")  # fmt: skip
+        pair = sent.success(_when(True), [compare_on], None, **quiet)
         compare_ev = pair.success(
             guard(h.compare), [consultation],
             [answer_a, answer_b, compare_turn, compare_key, pick_a, pick_b, compare_panel, status],
             api_name="consult_compare", api_visibility="private", concurrency_limit=limit)  # fmt: skip
-        retry_ev = retry_btn.click(guard(h.retry), [consultation, variant], [chat, status],
-                                   api_name="retry", concurrency_limit=limit)  # fmt: skip
+        retry_ev = retry_btn.click(guard(h.retry_page), [consultation, variant], [chat, status],
+                                   concurrency_limit=limit, **private)  # fmt: skip
+        for ev in (answer_ev, retry_ev):
+            ev.then(guard(h.list_page), [search, consultation], [listing], **quiet)
         answer_ev.then(guard(h.report_choices), [consultation], [report],
                        api_visibility="private")  # fmt: skip
-        stop_btn.click(None, None, None, cancels=[answer_ev, retry_ev, compare_ev])
+        # Stop (or Esc): the answer ends itself and shows as stored; anything still running
+        # after that (compare mode, a silent model) is cancelled
+        stop_btn.click(guard(h.stop), [consultation], None, **quiet).then(
+            None, None, None, cancels=[answer_ev, retry_ev, compare_ev])  # fmt: skip
         blocks.load(guard(h.compare_available), None, [compare_on], api_visibility="private")
         for btn, side in ((pick_a, "a"), (pick_b, "b")):
             picked = btn.click(guard(h.pick), [consultation, compare_turn, compare_key,
@@ -513,15 +796,7 @@ def build_consult_tab(
             picked.then(guard(h.answer_choices), [consultation], [answer_pick],
                         api_visibility="private")  # fmt: skip
 
-        # for programs: plain values in and out, the same methods the page's events call
-        for fn in (h.list_consultations, h.delete_consultation, h.feedback, h.versions,
-                   h.choose_version):  # fmt: skip
-            gr.api(guard(fn), api_name=fn.__name__)
-        private = {"api_visibility": "private"}
-        search.change(guard(h.filter_list), [search, consultation], [consultation], **private)
-        delete_ev = delete_btn.click(guard(h.remove), [consultation, search],
-                                     [consultation, chat, title], **private)  # fmt: skip
-        for ev in (open_ev, new_ev, answer_ev, retry_ev, delete_ev):  # the picker follows the chat
+        for ev in (started, open_ev, new_ev, answer_ev, retry_ev, delete_ev):  # the picker follows
             ev.then(guard(h.answer_choices), [consultation], [answer_pick], **private)
         for ev in (open_ev, new_ev, delete_ev):
             ev.then(guard(h.close_compare), None, [compare_panel], **private)
@@ -531,8 +806,16 @@ def build_consult_tab(
                            [chat, answer_pick], **private)  # fmt: skip
         for btn, value in thumbs:
             btn.click(guard(h.rate), [answer_pick, value, comment], [up_btn, down_btn], **private)
+        viewer.wire(consultation, send_ev)  # its pickers follow the open consultation
 
     return wire
+
+
+def _go_on(sent: bool | None) -> None:
+    """A step that lets the turn's chain go on only when the turn was stored; else it stops
+    the chain quietly (the reason is already shown beside the composer)."""
+    if not sent:
+        raise gr.Error("", visible=False, print_exception=False)
 
 
 def _when(compare_mode: bool) -> Callable[[bool], None]:

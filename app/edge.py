@@ -94,6 +94,13 @@ def parse_index(value: object, what: str) -> int:
     return int(text)
 
 
+def parse_choice(value: object, allowed: tuple[str, ...], what: str) -> str:
+    """One of `allowed` (e.g. a window preset) from a request, else NotFound."""
+    if not isinstance(value, str) or value not in allowed:
+        raise NotFound(f"unknown {what}", user_message=f"This {what} does not exist.")
+    return value
+
+
 def optional_id(value: object, what: str) -> int | None:
     """None (or an empty value) stays None; anything else must be a valid id."""
     if value is None or value == "":

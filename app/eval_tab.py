@@ -24,7 +24,8 @@ from storage.evals import EvalRunRecord
 
 def _label(run: EvalRunRecord) -> str:
     when = f"{run.created_at:%Y-%m-%d %H:%M}"
-    return f"#{run.id} · {t(f'eval.kind.{run.kind.value}')} · {run.status.value} · {when}"
+    return (f"#{run.id} · {t(f'eval.kind.{run.kind.value}')} · "
+            f"{t(f'retrain.status.{run.status.value}')} · {when}")
 
 
 class EvalHandlers:

@@ -59,6 +59,9 @@ PAGE: dict[str, Entry] = {
     "consult.new": {"en": "New consultation", "zh-CN": "新建会诊"},
     "consult.title": {"en": "Title", "zh-CN": "标题"},
     "consult.rename": {"en": "Rename", "zh-CN": "重命名"},
+    "consult.title_info": {"en": "Press Enter to rename", "zh-CN": "按回车键重命名"},
+    "consult.confirm_delete": {"en": "Confirm delete", "zh-CN": "确认删除"},
+    "consult.cancel": {"en": "Cancel", "zh-CN": "取消"},
     "consult.model": {"en": "Model", "zh-CN": "模型"},
     "consult.report_text": {"en": "Report text", "zh-CN": "报告文本"},
     "consult.attachment": {"en": "Attachment", "zh-CN": "附件"},
@@ -132,6 +135,14 @@ PAGE: dict[str, Entry] = {
     "compare.from_case": {"en": "From a case set", "zh-CN": "从病例集选择"},
     "compare.from_typed": {"en": "Type a patient turn", "zh-CN": "自行输入患者提问"},
     "compare.from_log": {"en": "From a logged consultation", "zh-CN": "从会诊记录选择"},
+    "compare.from_review": {"en": "Second opinion", "zh-CN": "复核"},
+    "compare.review_info": {
+        "en": "Judge a turn another annotator has already voted on: the same conversation and "
+        "the same two answers, blind. Your vote shows how far annotators agree (Leaderboard).",
+        "zh-CN": "评判另一位标注员已投票的对话轮次：相同的对话和相同的两个回答，匿名显示。"
+        "您的投票用于衡量标注员之间的一致性（见排行榜）。",
+    },
+    "compare.review_start": {"en": "Show a turn to review", "zh-CN": "显示待复核的对话轮次"},
     "compare.log": {"en": "A clinician's question", "zh-CN": "医生的提问"},
     "compare.log_info": {
         "en": "The consultation up to this question is compared; who asked is not shown.",
@@ -282,6 +293,17 @@ PAGE: dict[str, Entry] = {
     "leaderboard.csv": {"en": "Tables as CSV", "zh-CN": "表格（CSV）"},
     # Gradio's screen-reader status line asks for this key; its own catalogue lacks it (6.31)
     "common.complete": {"en": "Done", "zh-CN": "已完成"},
+    # the image viewer (app/viewer.py)
+    "viewer.title": {"en": "Image viewer", "zh-CN": "影像查看器"},
+    "viewer.image": {"en": "Image", "zh-CN": "图像"},
+    "viewer.second": {"en": "Second image, side by side", "zh-CN": "第二幅图像（并排对比）"},
+    "viewer.preset": {"en": "Window", "zh-CN": "窗宽窗位"},
+    "viewer.preset.own": {"en": "As stored", "zh-CN": "原始窗"},
+    "viewer.preset.soft_tissue": {"en": "Soft tissue", "zh-CN": "软组织窗"},
+    "viewer.preset.lung": {"en": "Lung", "zh-CN": "肺窗"},
+    "viewer.preset.bone": {"en": "Bone", "zh-CN": "骨窗"},
+    "viewer.preset.brain": {"en": "Brain", "zh-CN": "脑窗"},
+    "viewer.preset.full": {"en": "Full range", "zh-CN": "全范围"},
 }
 
 #: Text the server writes into the page or a message, in the request's language.
@@ -312,6 +334,22 @@ SERVER: dict[str, Entry] = {
         "zh-CN": "⚠️ *{error} 请点击 **重试** 重新提问。*",
     },
     "consult.note.cancelled": {"en": "*(stopped)*", "zh-CN": "*（已停止）*"},
+    "consult.note.length": {
+        "en": "cut off at the length limit",
+        "zh-CN": "已达长度上限",
+    },
+    "consult.answer_meta": {"en": "{variant} · {seconds} s", "zh-CN": "{variant} · 用时 {seconds} 秒"},
+    "consult.upload_fix": {
+        "en": "Remove the file(s) named above (× on the file) and attach PNG, JPEG, WebP, TIFF, "
+        "DICOM or PDF files; your message and the other files are still here.",
+        "zh-CN": "请移除上面列出的文件（点击文件上的 ×），并附加 PNG、JPEG、WebP、TIFF、DICOM 或 "
+        "PDF 文件；您的消息和其他文件仍保留在这里。",
+    },
+    "consult.delete_question": {
+        "en": "Delete “{title}”? It leaves your list.",
+        "zh-CN": "删除“{title}”？它将从您的列表中移除。",
+    },
+    "consult.deleted": {"en": "Deleted “{title}”.", "zh-CN": "已删除“{title}”。"},
     "consult.status.failed": {"en": "⚠️ {error}", "zh-CN": "⚠️ {error}"},
     "consult.did_not_finish": {"en": "The answer did not finish.", "zh-CN": "回答未能完成。"},
     "consult.open_first": {"en": "Open a consultation first.", "zh-CN": "请先打开一个会诊。"},
@@ -373,6 +411,70 @@ SERVER: dict[str, Entry] = {
         "en": "{name} (message {seq})",
         "zh-CN": "{name}（第 {seq} 条消息）",
     },
+    # attachment cards in the chat (app/attachment_cards.py)
+    "card.kind.image": {"en": "image", "zh-CN": "图像"},
+    "card.kind.dicom": {"en": "DICOM image", "zh-CN": "DICOM 影像"},
+    "card.kind.pdf": {"en": "PDF document", "zh-CN": "PDF 文档"},
+    "card.deid.no": {"en": "Not de-identified", "zh-CN": "未去标识化"},
+    "card.deid.dicom": {
+        "en": "De-identified: {replaced} header fields replaced, {removed} removed, "
+        "{private} private tags removed",
+        "zh-CN": "已去标识化：替换 {replaced} 个头字段，删除 {removed} 个，删除私有标签 {private} 个",
+    },
+    "card.deid.pdf": {
+        "en": "De-identified: identifiers removed from the text ({counts})",
+        "zh-CN": "已去标识化：已从文本中删除身份信息（{counts}）",
+    },
+    "card.deid.pdf_none": {
+        "en": "De-identified: no identifiers found in the text",
+        "zh-CN": "已去标识化：文本中未发现身份信息",
+    },
+    "card.deid.image": {
+        "en": "De-identified: metadata removed ({fields}); only the pixels are kept",
+        "zh-CN": "已去标识化：已删除元数据（{fields}），只保留像素",
+    },
+    "card.deid.image_none": {
+        "en": "De-identified: no metadata found; only the pixels are kept",
+        "zh-CN": "已去标识化：未发现元数据，只保留像素",
+    },
+    "card.masked": {
+        "en": "{n} text region(s) in the pixels blacked out",
+        "zh-CN": "图像中 {n} 处文字已涂黑",
+    },
+    "card.frames": {"en": "{kept} of {total} frames sent", "zh-CN": "已发送 {total} 帧中的 {kept} 帧"},
+    "card.pages": {
+        "en": "{rendered} of {total} pages rendered as images",
+        "zh-CN": "已将 {total} 页中的 {rendered} 页渲染为图像",
+    },
+    "card.text": {"en": "Text extracted: {chars} characters", "zh-CN": "已提取文本：{chars} 个字符"},
+    "card.fields": {"en": "Header fields removed or replaced", "zh-CN": "已删除或替换的头字段"},
+    "card.burned_in": {
+        "en": "Burned-in text: this image carries text in its pixels, where names and numbers "
+        "are often printed. Identifying text found by OCR was blacked out; check the image "
+        "before relying on it, and if identifying text remains, upload an anonymised export.",
+        "zh-CN": "烧录文字：此图像的像素中带有文字，常印有姓名和编号。OCR 发现的身份信息已涂黑；"
+        "使用前请检查图像，如仍有身份信息，请上传匿名导出的版本。",
+    },
+    # the image viewer (app/viewer.py)
+    "viewer.zoom_in": {"en": "Zoom in", "zh-CN": "放大"},
+    "viewer.zoom_out": {"en": "Zoom out", "zh-CN": "缩小"},
+    "viewer.reset": {"en": "Reset zoom", "zh-CN": "重置缩放"},
+    "viewer.previous": {"en": "Previous frame", "zh-CN": "上一帧"},
+    "viewer.next": {"en": "Next frame", "zh-CN": "下一帧"},
+    "viewer.play": {"en": "Play / pause", "zh-CN": "播放 / 暂停"},
+    "viewer.empty": {
+        "en": "Pick an image of this consultation to view it here.",
+        "zh-CN": "请选择本次会诊中的一幅图像在此查看。",
+    },
+    "viewer.stored": {
+        "en": "Shown as stored: window presets need CT values (Hounsfield units).",
+        "zh-CN": "按原样显示：窗宽窗位预设需要 CT 值（亨氏单位）。",
+    },
+    "viewer.no_values": {
+        "en": "Shown as stored: only greyscale DICOM without burned-in text can be re-windowed.",
+        "zh-CN": "按原样显示：只有不含烧录文字的灰度 DICOM 图像才能重新调窗。",
+    },
+    "viewer.choice": {"en": "{name} · {kind} (message {seq})", "zh-CN": "{name} · {kind}（第 {seq} 条消息）"},
     # the Compare tab (app/compare_tab.py)
     "compare.need_two": {
         "en": "⚠️ Compare needs two active model variants; ask an administrator to add one.",
@@ -449,6 +551,16 @@ SERVER: dict[str, Entry] = {
     "compare.start_first": {"en": "Start a comparison first.", "zh-CN": "请先开始一次对比。"},
     "compare.pick_case": {"en": "Choose a case first.", "zh-CN": "请先选择一个病例。"},
     "compare.failed": {"en": "⚠️ {error}", "zh-CN": "⚠️ {error}"},
+    "compare.review_none": {"en": "Nothing to review yet.", "zh-CN": "暂无待复核的对话轮次。"},
+    "compare.review_ready": {
+        "en": "Second opinion: both answers as they were written. Read them, then vote.",
+        "zh-CN": "复核：两个回答均为当时生成的原文。请阅读后投票。",
+    },
+    "compare.review_no_continue": {
+        "en": "A second opinion ends with your vote; the conversation is continued only by "
+        "whoever started it.",
+        "zh-CN": "复核在您投票后即结束；只有发起该对比的人才能继续对话。",
+    },
     # app/edge.py, app/auth.py
     "edge.generic": {
         "en": "Something went wrong on the server (reference {ref}). What you saved before is "
@@ -738,6 +850,7 @@ NOUNS: dict[str, str] = {
     "case": "病例",
     "case set": "病例集",
     "turn": "对比轮次",
+    "window preset": "窗宽窗位预设",
 }
 
 

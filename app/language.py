@@ -21,6 +21,7 @@ session cookie) wins, else the browser's `Accept-Language`, else English. Any Ch
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,6 +39,8 @@ COOKIE = "pulsemind-lang"
 QUERY = "lang"
 #: Accept-Language headers are a few dozen bytes; a longer one is not parsed further.
 MAX_ACCEPT_LANGUAGE_CHARS = 512
+#: The page's title where Gradio gives none (its login page).
+PAGE_TITLE = "PulseMind"
 
 _CURRENT: ContextVar[str] = ContextVar("pulsemind_language", default=DEFAULT_LANGUAGE)
 T = TypeVar("T")
@@ -202,6 +205,11 @@ class LanguagePage:
 
 
 def localized_html(page: str, language: str) -> str:
-    """Gradio's page with `<html lang>` set and `page_script` first in `<head>`."""
+    """Gradio's page with `<html lang>` set and `page_script` first in `<head>`; a page without a
+    title (Gradio's login page has none) gets the app's name, for tabs and screen readers."""
     page = page.replace('lang="en"', f'lang="{language}"', 1)
-    return page.replace("<head>", "<head>" + page_script(language), 1)
+    head = "<head>" + page_script(language)
+    if not re.search(r"<title>\s*[^<\s]", page):
+        page = re.sub(r"<title>\s*</title>", "", page)
+        head += f"<title>{PAGE_TITLE}</title>"
+    return page.replace("<head>", head, 1)

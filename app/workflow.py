@@ -33,6 +33,7 @@ from model.engines import EngineRegistry
 from model.errors import IntakeError
 from model.images import for_model, stored_image
 from model.intake import IntakeLimits, IntakeResult, intake_bytes
+from model.intake.pixels import to_npz
 from model.prompt import DEFAULT_LANGUAGE, to_chat_messages, user_turn
 from model.turn import TurnOutcome, TurnStream
 from storage import (
@@ -93,6 +94,7 @@ def to_new_attachment(result: IntakeResult) -> NewAttachment:
         burned_in_annotation=result.burned_in_annotation,
         text=result.text,
         page_count=result.page_count,
+        pixels=to_npz(result.pixels) if result.pixels is not None else None,  # for the viewer
     )
 
 

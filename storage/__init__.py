@@ -17,8 +17,8 @@ return frozen records (storage.records) and raise storage.errors.StorageError su
 whose `user_message` the UI shows. Modules: db (engine, sessions, migrations), models
 (schema), access (who may read and write what), users, consultations, messages,
 feedback, attachments, variants, audit, cases (imported case sets), compare (comparisons
-and their answers), votes, judge_cache (cached judge verdicts), runs (training runs and
-their metrics), evals (the PulseMind Benchmark's runs, cases, answers and verdicts).
+and their answers), votes, reviews (second opinions on voted turns), judge_cache (cached
+judge verdicts), runs (training runs and their metrics), evals (the PulseMind Benchmark's runs, cases, answers and verdicts).
 """
 
 from storage.access import Uploads
@@ -118,6 +118,7 @@ from storage.records import (
     VariantRecord,
     VoteRecord,
 )
+from storage.reviews import assign_review
 from storage.runs import (
     MetricPoint,
     RunRecord,
@@ -255,6 +256,7 @@ __all__ = [
     "list_votes",
     "record_vote",
     "reveal",
+    "assign_review",
     # Retrain (judge verdict cache, training runs and their metrics)
     "CachedVerdict",
     "NewVerdict",

@@ -16,6 +16,10 @@
                   its creator writes it (answers, votes, continuing); its creator, whoever
                   voted in it and admins read it. An annotator reads no consultation: only
                   what a comparison shows (its cases' turns and its questions' files)
+    second opinion  an annotator or admin assigned a voted turn of someone else's comparison
+                  (storage.reviews) reads that turn (its context, both answers, its files)
+                  and votes on it; nothing else (no answers, no keep, no next turn) until the
+                  vote, after which they read the comparison as any voter does
     case          (imported consultations) annotators and admins read them
     training run  started, watched and stopped by admins only (a run started from the
                   command line, or its own training process, acts without a user)
@@ -45,6 +49,7 @@ from storage.models import (
     Attachment,
     CaseTurn,
     CaseTurnAttachment,
+    CompareReview,
     CompareSource,
     Comparison,
     ComparisonTurn,
@@ -262,21 +267,60 @@ def access_comparison(
 
 
 def access_compare_turn(
-    session: Session, turn_id: int, user_id: int, *, write: bool, lock: bool = False
-) -> tuple[ComparisonTurn, Comparison]:
+    session: Session, turn_id: int, user_id: int, *, write: bool, lock: bool = False,
+    vote: bool = False,
+) -> tuple[ComparisonTurn, Comparison]:  # fmt: skip
     """The turn and its comparison, as `access_comparison` allows; `lock` locks the turn row
-    (PostgreSQL `FOR UPDATE`), which serialises votes and answers recorded on one turn."""
-    active_user(session, user_id)
+    (PostgreSQL `FOR UPDATE`), which serialises votes and answers recorded on one turn.
+
+    A reviewer assigned the turn (a second opinion) reads it, and writes only a vote
+    (`write=True, vote=True`: storage.votes); any other write stays the creator's."""
+    user = active_user(session, user_id)
     turn = _row(session, ComparisonTurn, turn_id, lock=lock)
     if turn is None:
         raise NotFound(f"compare turn {turn_id} does not exist")
+    if (vote or not write) and is_assigned_reviewer(session, user, turn.id):
+        return turn, session.get(Comparison, turn.comparison_id)
     return turn, access_comparison(session, turn.comparison_id, user_id, write=write)
+
+
+def is_assigned_reviewer(session: Session, user: User, turn_id: int) -> bool:
+    """True if the (active) user is an annotator or admin assigned the turn for a second
+    opinion (`storage.reviews.assign_review`)."""
+    if user.role not in ANNOTATING_ROLES:
+        return False
+    assigned = exists(select(CompareReview.id).where(CompareReview.turn_id == turn_id)
+                      .where(CompareReview.reviewer_id == user.id))  # fmt: skip
+    return bool(session.scalar(select(assigned)))
+
+
+def _shown_for_review(session: Session, user_id: int, attachment_id: int) -> bool:
+    """True if a turn the user was assigned to review, and has not voted on yet, shows the
+    attachment (in its question or its history: the turn's snapshot names every file). Once
+    they voted, they read the comparison as a voter."""
+    user = session.get(User, user_id)
+    if user is None or not user.active or user.role not in ANNOTATING_ROLES:
+        return False
+    voted = exists(select(Vote.id).where(Vote.turn_id == CompareReview.turn_id)
+                   .where(Vote.voter_id == user_id))  # fmt: skip
+    contexts = session.scalars(
+        select(ComparisonTurn.context)
+        .join(CompareReview, CompareReview.turn_id == ComparisonTurn.id)
+        .where(CompareReview.reviewer_id == user_id)
+        .where(~voted)
+    )  # fmt: skip
+    return any(
+        f.get("id") == attachment_id
+        for context in contexts
+        for item in [*context["history"], context["prompt"]]
+        for f in item.get("attachments", ())
+    )
 
 
 def may_read_compared_attachment(session: Session, user_id: int, attachment_id: int) -> bool:
     """True if a comparison the user created or voted in shows the attachment: a file of one
     of its questions, of its case's turns up to the one asked, or of its logged consultation's
-    messages up to the one asked."""
+    messages up to the one asked; or a turn they are assigned to review shows it."""
     readable = select(Comparison.id).where(Comparison.creator_id == user_id).union(
         select(ComparisonTurn.comparison_id)
         .join(Vote, Vote.turn_id == ComparisonTurn.id)
@@ -309,7 +353,9 @@ def may_read_compared_attachment(session: Session, user_id: int, attachment_id: 
         .where(Message.seq <= shown.seq)
         .where(Comparison.id.in_(readable))
     )
-    return bool(session.scalar(select(in_question | in_case | in_log)))
+    return bool(session.scalar(select(in_question | in_case | in_log))) or _shown_for_review(
+        session, user_id, attachment_id
+    )
 
 
 def may_train(session: Session, user_id: int) -> User:

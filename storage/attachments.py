@@ -6,7 +6,8 @@ stored; later uploads of the same bytes reuse that row and only add a link
 (`message_attachments`) with the name the file had this time. The original file is never
 stored (a DICOM original holds patient identifiers); for an image intake left untouched, the
 upload's own encoding with its metadata stripped is kept beside the PNG (`sent`), because that
-is what the model is sent.
+is what the model is sent. A greyscale DICOM's de-identified pixel values, for the viewer's
+window presets, are kept as a file beside the database (`storage.pixels`).
 
 `store_attachment` runs inside the caller's transaction (`add_user_message`), so a message
 and its attachments are written together or not at all.
@@ -33,6 +34,7 @@ from storage.models import (
     AttachmentKind,
     MessageAttachment,
 )
+from storage.pixels import MAX_PIXELS_BYTES, has_pixels, read_pixels, write_pixels
 from storage.records import AttachmentRecord, ImageRecord, NewAttachment, NewImage, from_row
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -82,6 +84,10 @@ def _check_new_attachment(new: NewAttachment) -> list[NewImage]:
     if new.text is not None:
         bounded_text(new.text, "attachment text", MAX_ATTACHMENT_TEXT_CHARS, allow_empty=True)
     json_object(new.deid_report, "deid_report", MAX_DEID_REPORT_CHARS)
+    if new.pixels is not None and (
+        not isinstance(new.pixels, bytes) or len(new.pixels) > MAX_PIXELS_BYTES
+    ):
+        raise InvalidInput("pixels must be .npz bytes of at most 64 MB")
     if len(new.images) > MAX_IMAGES_PER_ATTACHMENT:
         raise InvalidInput(f"more than {MAX_IMAGES_PER_ATTACHMENT} images in one attachment")
     return [_check_image(image, i) for i, image in enumerate(new.images)]
@@ -96,6 +102,7 @@ def store_attachment(session: Session, new: NewAttachment) -> tuple[Attachment, 
     images = _check_new_attachment(new)
     existing = session.scalar(select(Attachment).where(Attachment.sha256 == new.sha256))
     if existing is not None:
+        _keep_pixels(session, new, only_if_missing=True)  # stored before values were kept
         return existing, False
     attachment = Attachment(
         sha256=new.sha256,
@@ -132,7 +139,23 @@ def store_attachment(session: Session, new: NewAttachment) -> tuple[Attachment, 
         )
         for position, image in enumerate(images)
     )
+    _keep_pixels(session, new)
     return attachment, True
+
+
+def _keep_pixels(session: Session, new: NewAttachment, *, only_if_missing: bool = False) -> None:
+    """Write `new.pixels` beside the database (`storage.pixels`). Before the transaction
+    commits: if it rolls back, the file (de-identified values under the upload's hash) waits
+    for the same upload to be stored again."""
+    if new.pixels is None:
+        return
+    url = session.get_bind().url
+    if only_if_missing and has_pixels(url, new.sha256):
+        return
+    try:
+        write_pixels(url, new.sha256, new.pixels)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 def _image_record(image: AttachmentImage, *, with_png: bool) -> ImageRecord:
@@ -217,6 +240,17 @@ def get_attachment_image(db: Database, attachment_id: int, position: int) -> Ima
         if image is None:
             raise NotFound(f"attachment {attachment_id} has no image {position}")
         return _image_record(image, with_png=True)
+
+
+def get_attachment_pixels(db: Database, attachment_id: int) -> bytes | None:
+    """The attachment's kept pixel values (.npz bytes), or None if it has none. NotFound if
+    there is no attachment. Check `user_can_access_attachment` first."""
+    with db.transaction(write=False) as session:
+        attachment = session.get(Attachment, attachment_id)
+        if attachment is None:
+            raise NotFound(f"attachment {attachment_id} does not exist")
+        sha256 = attachment.sha256
+    return read_pixels(db.url, sha256)
 
 
 def user_can_access_attachment(db: Database, user_id: int, attachment_id: int) -> bool:

@@ -604,10 +604,28 @@ class Vote(Base):
     safety_flag_a: Mapped[bool] = mapped_column(Boolean)
     safety_flag_b: Mapped[bool] = mapped_column(Boolean)
     comment: Mapped[str | None] = mapped_column(Text)
-    #: From the later of the two answers finishing to the vote's commit.
+    #: From the later of the two answers finishing (a second opinion: from its assignment,
+    #: `CompareReview.assigned_at`) to the vote's commit.
     time_to_vote_ms: Mapped[int | None] = mapped_column(Integer)
     idempotency_key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CompareReview(Base):
+    """A voted compare turn assigned to another annotator for an independent second vote
+    (storage/reviews.py): the assignment lets them read and vote on that one turn. The vote
+    itself is an ordinary row in `votes`; never changed, never deleted."""
+
+    __tablename__ = "compare_reviews"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "reviewer_id"),
+        Index(None, "reviewer_id", "assigned_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("comparison_turns.id", ondelete="RESTRICT"))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    assigned_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- Retrain: judge verdicts (cache) and training runs with their metrics -------------------

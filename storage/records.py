@@ -78,6 +78,8 @@ class NewAttachment:
     burned_in_annotation: bool = False
     text: str | None = None
     page_count: int | None = None
+    #: Re-windowable pixel values (`.npz` bytes, `storage.pixels`), kept beside the database.
+    pixels: bytes | None = None
 
 
 # --- outputs ----------------------------------------------------------------------------

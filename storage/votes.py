@@ -6,7 +6,8 @@ tie, both bad), a safety flag per side and an optional comment. It is written in
 transaction, after checking:
 
 - the voter may write the comparison (`storage.access`: its creator; annotators and admins
-  on cases and typed questions, a clinician in their own consultation);
+  on cases and typed questions, a clinician in their own consultation), or was assigned the
+  turn for a second opinion (storage/reviews.py; their time to vote counts from then);
 - both answers were recorded and ended on their own (stop or length): an answer that failed,
   was cut off or cancelled, or is missing, cannot be judged;
 - the values are valid (InvalidInput with a message naming the field); the four dimensions
@@ -43,6 +44,7 @@ from storage.errors import Conflict, InvalidInput, PermissionDenied
 from storage.i18n import bilingual
 from storage.models import (
     IDEMPOTENCY_KEY_LENGTH,
+    CompareReview,
     CompareSource,
     CompareTurnState,
     ComparisonResponse,
@@ -208,7 +210,8 @@ def record_vote(
     with db.transaction() as session:
         # The turn's row lock serialises votes on one turn (PostgreSQL): a racing duplicate
         # waits here, then finds the vote that won.
-        turn, comparison = access_compare_turn(session, turn_id, voter_id, write=True, lock=True)
+        turn, comparison = access_compare_turn(session, turn_id, voter_id, write=True, lock=True,
+                                               vote=True)  # fmt: skip
         unrated = [name for name in DIMENSIONS if values[name] is None]
         if unrated and comparison.source is not CompareSource.CONSULTATION:
             raise InvalidInput(f"dimension {unrated[0]} not rated",
@@ -224,9 +227,13 @@ def record_vote(
                 raise InvalidInput(f"turn {turn_id} answers not both complete: {ends}",
                                    user_message=_say("not_finished"))  # fmt: skip
             now = utcnow()
-            finished = max(r.finished_at for r in responses)
+            # a second opinion starts when the turn was assigned, not when its answers ended
+            shown = session.scalar(select(CompareReview.assigned_at)
+                                   .where(CompareReview.turn_id == turn_id)
+                                   .where(CompareReview.reviewer_id == voter_id))  # fmt: skip
+            shown = shown or max(r.finished_at for r in responses)
             vote = Vote(turn_id=turn_id, voter_id=voter_id, idempotency_key=key, created_at=now,
-                        time_to_vote_ms=max(0, int((now - finished).total_seconds() * 1000)),
+                        time_to_vote_ms=max(0, int((now - shown).total_seconds() * 1000)),
                         **values)  # fmt: skip
             try:
                 with session.begin_nested():

@@ -3,7 +3,7 @@
 A clinician logs in through Gradio's login form, sees the demo-model banner, sends a message
 with a PNG attached, watches the answer stream in (the assistant bubble is sampled every
 50 ms while it grows), sees the image as a thumbnail served by `/attachments/`, reloads the
-page and reopens the consultation from the Consultations dropdown.
+page and reopens the consultation from the Consultations list.
 
 The app runs on the embedded demo model (no vLLM), with seeded sampling defaults so the answer
 is long enough to watch grow and the same on every run. Screenshots land in the test's
@@ -199,12 +199,10 @@ def test_consult_upload_stream_reload_reopen(chromium, demo_app, tmp_path: Path)
         user_msg.evaluate("e => e.scrollIntoView({block: 'start'})")  # thumbnail in the shot
         page.screenshot(path=str(tmp_path / "consult-answered.png"))
 
-        # reload: the chat starts empty; the consultation is in the dropdown and reopens
+        # reload: the consultation is in the list (and reopens from it)
         page.reload()
         page.get_by_text("Demo model", exact=True).wait_for(state="visible", timeout=WAIT_MS)
-        assert page.locator(BOTS).count() == 0
-        page.get_by_role("combobox", name="Consultations").click()
-        page.get_by_role("option", name=f"{MESSAGE} · #{cid}").click()
+        page.locator("#consult-list label", has_text=f"{MESSAGE} · #{cid}").click()
         user_msg.wait_for(state="visible", timeout=WAIT_MS)
         assert MESSAGE in user_msg.inner_text()
         page.locator(BOTS).first.wait_for(state="visible", timeout=WAIT_MS)

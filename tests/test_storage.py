@@ -153,7 +153,7 @@ def test_upgrade_matches_models_and_downgrade_drops_everything(tmp_path, monkeyp
     head = ScriptDirectory.from_config(config).get_current_head()
     assert db.current_revision() is None
     db.upgrade()
-    assert db.current_revision() == head == "0007"
+    assert db.current_revision() == head == "0008"
 
     def diff() -> list:
         with db.engine.connect() as conn:

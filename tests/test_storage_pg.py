@@ -66,7 +66,7 @@ def png_bytes(color: tuple[int, int, int]) -> bytes:
 
 def test_postgres_schema_matches_models_and_downgrades(pg_db: Database):
     assert pg_db.engine.dialect.name == "postgresql"
-    assert pg_db.current_revision() == "0007"
+    assert pg_db.current_revision() == "0008"
     with pg_db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         kinds = dict(

@@ -142,6 +142,7 @@ def intake_bytes(data: bytes, filename: str, *, limits: IntakeLimits | None = No
             deid_report=derived.deid_report,
             burned_in_annotation=derived.burned_in_annotation,
             notes=derived.notes,
+            pixels=derived.pixels,
         )
         _check_no_identifiers(result, derived.identifying_tokens)
         logger.info(

@@ -48,11 +48,12 @@ from pydicom.pixels import get_decoder, iter_pixels
 from pydicom.pixels.utils import get_nr_frames
 
 from .deid import contains_identifier, deidentify
-from .dicom_display import multi_valued, render_frame
+from .dicom_display import header_window, modality_values, multi_valued, render_frame
 from .errors import CorruptFile, DicomWithoutImage, NotDicom, UnsupportedFileType
 from .images import check_aspect, check_pixel_count, fit_within
 from .limits import IntakeLimits
 from .ocr import mask_images
+from .pixels import PixelVolume, frame_values
 from .types import Derived, IntakeImage
 
 #: What pydicom and its decoders raise on damaged data (truncated elements, short pixel data,
@@ -153,7 +154,9 @@ def read_dicom(data: bytes, filename: str, limits: IntakeLimits, *, forced: bool
         ) from exc
     burned_yes = burned_raw == "YES"
     indices = pick_frames(n_frames, limits.dicom_max_frames)
-    images, windows = _decode_frames(ds, indices, n_frames, modality, photometric, limits, filename)
+    images, windows, values = _decode_frames(
+        ds, indices, n_frames, modality, photometric, limits, filename
+    )
     # See step 5 of the module docstring for why CT/MR without the flag are not OCR'd.
     ocr_checked = (
         burned_yes or modality in BURNED_IN_PRONE or "Secondary Capture" in _sop_class_name(ds)
@@ -192,6 +195,14 @@ def read_dicom(data: bytes, filename: str, limits: IntakeLimits, *, forced: bool
         else {"checked": False, "why": f"{modality or 'this'} image without BurnedInAnnotation"}
     )
     burned_found = burned is not None and burned.lines_masked > 0
+    # Values for re-windowing only where the pixels needed no masking: masked text would
+    # come back in the raw values.
+    pixels = (
+        PixelVolume(np.stack(values), tuple(indices), modality, header_window(ds, indices[0]),
+                    photometric == "MONOCHROME1")  # fmt: skip
+        if not ocr_checked and values and len(values) == len(images)
+        else None
+    )
     notes.append(
         f"header de-identified ({report['library']}): {len(report['replaced'])} element kinds "
         f"replaced, {len(report['removed'])} removed, {report['private_tags_removed']} private "
@@ -220,6 +231,7 @@ def read_dicom(data: bytes, filename: str, limits: IntakeLimits, *, forced: bool
         burned_in_annotation=burned_yes or burned_suspected or burned_found,
         notes=notes,
         identifying_tokens=deid.identifying_tokens,
+        pixels=pixels,
     )
 
 
@@ -231,16 +243,21 @@ def _decode_frames(
     photometric: str,
     limits: IntakeLimits,
     filename: str,
-) -> tuple[list[IntakeImage], list[str]]:
-    """Decode only the kept frames and render them: (images, how each was windowed)."""
+) -> tuple[list[IntakeImage], list[str], list[np.ndarray]]:
+    """Decode only the kept frames and render them: (images, how each was windowed, the
+    modality-LUT values of greyscale frames at their image's size, for `PixelVolume`)."""
     images: list[IntakeImage] = []
     windows: list[str] = []
+    values: list[np.ndarray] = []
+    grey = photometric in ("MONOCHROME1", "MONOCHROME2")
     try:
         for idx, arr in zip(indices, iter_pixels(ds, indices=indices), strict=True):
             img, window = render_frame(arr, ds, idx, modality, photometric)
             windows.append(window)
             img = fit_within(img, limits.model_max_pixels)
             images.append(IntakeImage(img, _frame_label(idx, n_frames, modality)))
+            if grey and arr.ndim == 2:
+                values.append(frame_values(modality_values(arr, ds, idx), img.size))
     except (RuntimeError, NotImplementedError) as exc:
         # pydicom raises RuntimeError both when no plugin can decode the transfer syntax and
         # when every available plugin failed on the data: tell the two apart.
@@ -264,7 +281,7 @@ def _decode_frames(
         if type(exc).__name__ != "PanicException":
             raise
         raise _damaged_pixels(filename) from exc
-    return images, windows
+    return images, windows, values
 
 
 def _damaged_pixels(filename: str) -> CorruptFile:

@@ -53,6 +53,17 @@ def render_frame(
     return img, how
 
 
+def modality_values(arr: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
+    """A greyscale frame's stored values through the modality LUT (CT: Hounsfield units)."""
+    return _modality_lut(arr, ds, index)
+
+
+def header_window(ds: Dataset, index: int) -> tuple[float, float] | None:
+    """The header's (centre, width) for a frame, if it has a usable one."""
+    window = _window(ds, index)
+    return window[:2] if window is not None else None
+
+
 def _modality_lut(arr: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
     if ds.get("ModalityLUTSequence"):
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)

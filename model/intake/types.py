@@ -12,6 +12,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from .passthrough import EncodedOriginal
+from .pixels import PixelVolume
 
 IntakeKind = Literal["image", "dicom", "pdf"]
 
@@ -44,6 +45,9 @@ class IntakeResult:
     deid_report: dict[str, Any]  # tag keywords acted on, profile, library; never values
     burned_in_annotation: bool  # DICOM BurnedInAnnotation YES (or suspected): pixels may name
     notes: list[str] = field(default_factory=list)  # human-readable, e.g. "text truncated"
+    #: Greyscale DICOM not masked by OCR: the values a viewer re-windows (`model.intake.pixels`);
+    #: never sent to the model, left out of `to_json`.
+    pixels: PixelVolume | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary without pixel data (images as label and size)."""
@@ -80,3 +84,4 @@ class Derived:
     notes: list[str] = field(default_factory=list)
     #: Original identifying values (DICOM); only for the dispatcher's leak check, never kept.
     identifying_tokens: frozenset[str] = frozenset()
+    pixels: PixelVolume | None = None  # see IntakeResult.pixels
