@@ -59,8 +59,6 @@ FAILED_NOTES = {
 }
 
 OPEN_FIRST = SERVER["consult.open_first"]["en"]  # translated at the edge (app.i18n)
-#: Thumbnails per attachment in the chat (a PDF's first pages, a DICOM's kept frames).
-THUMBNAILS_PER_ATTACHMENT = 4
 #: Characters of an answer shown in the answer picker: enough to tell answers apart.
 ANSWER_PREVIEW_CHARS = 48
 PICK_ANSWER = "Pick an answer first. / 请先选择一条回答。"
@@ -744,7 +742,8 @@ def build_consult_tab(
                              api_name="refresh")  # fmt: skip
         started = loaded.success(guard(h.start), [consultation, search], opened, js=READ_URL_JS,
                                  **quiet)  # fmt: skip
-        started.then(**set_url).then(None, None, None, js=PAGE_JS)
+        started.then(**set_url).then(None, None, None, js=PAGE_JS).then(
+            None, None, None, js=viewer.open_js)  # fmt: skip
         open_ev = listing.input(guard(h.open_page), [listing, search], opened, **private)
         open_ev.then(**set_url)
         new_ev = new_btn.click(guard(h.new_page), [search], opened, **private)

@@ -204,6 +204,17 @@ class ViewerHandlers:
             return PaneView(stored, "own", t("viewer.stored"))
         return PaneView(rewindowed(volume, name, [img.label for img in images]), name)
 
+    def open_from_chat(self, user: UserRecord, clicked: str | None):
+        """A thumbnail clicked in the chat (its attachment id): pick that image (if the user may
+        see it) and open the panel."""
+        aid = parse_id(clicked, "attachment")
+        if not user_can_access_attachment(self.db, user.id, aid):
+            raise NotFound("attachment not visible to the caller",
+                           user_message="This attachment does not exist.")  # fmt: skip
+        # the view is rendered here too: a closed panel's pickers are not in the page yet, so
+        # their change events would not fire
+        return gr.update(value=aid), gr.update(open=True), self.show(user, aid, None, "own")
+
     def show(self, user: UserRecord, first: int | None, second: int | None, preset: str | None):
         """The panel's HTML: the picked image, and the second beside it if one is picked."""
         preset = preset or "own"
@@ -265,16 +276,42 @@ def viewer_html(views: list[PaneView]) -> str:
     return f'<div class="pm-viewer">{"".join(pane_html(v, i) for i, v in enumerate(views))}</div>'
 
 
+#: A click on a thumbnail in the chat opens that image here instead of a raw PNG in a new tab:
+#: the attachment id is kept in the page and the hidden `#viewer-open` button clicked (its event
+#: reads the id back, `PICKED_JS`), and the panel scrolls into view. Installed once per page.
+OPEN_FROM_CHAT_JS = """() => {
+    if (window.pulsemindViewerClicks) return;
+    window.pulsemindViewerClicks = true;
+    document.addEventListener("click", (e) => {
+        const link = e.target.closest && e.target.closest("#consult-chat .pm-thumbs a");
+        const found = link && link.getAttribute("href").match(/\\/attachments\\/(\\d+)\\//);
+        const button = document.querySelector("#viewer-open");
+        if (!found || !button || e.ctrlKey || e.metaKey || e.shiftKey) return;
+        e.preventDefault();
+        window.pulsemindViewerPick = found[1];
+        button.click();
+        const panel = document.querySelector("#pm-viewer-panel");
+        if (panel) panel.scrollIntoView({behavior: "smooth", block: "start"});
+    }, true);
+}"""
+#: The clicked thumbnail's attachment id, as the open event's input.
+PICKED_JS = "(_) => window.pulsemindViewerPick || null"
+
+
 @dataclass
 class Viewer:
     """The panel's components; `wire` connects them once the page's events exist."""
 
     handlers: ViewerHandlers
     guard: object
+    panel: gr.Accordion
+    opener: gr.Button
+    picked: gr.Textbox
     first: gr.Dropdown
     second: gr.Dropdown
     preset: gr.Radio
     view: gr.HTML
+    open_js: str = OPEN_FROM_CHAT_JS
 
     def wire(self, consultation: gr.components.Component, *after: object) -> None:
         """The pickers list `consultation`'s images when it changes and after each event in
@@ -288,12 +325,19 @@ class Viewer:
         show = self.guard(self.handlers.show)
         for picker in (self.first, self.second, self.preset):
             picker.change(show, [self.first, self.second, self.preset], [self.view], **private)
+        # a thumbnail clicked in the chat: that image, in the open panel (its .change renders)
+        self.opener.click(self.guard(self.handlers.open_from_chat), [self.picked],
+                          [self.first, self.panel, self.view], js=PICKED_JS,
+                          **private)  # fmt: skip
 
 
 def build_viewer(db: Database, auth: Auth, *, open: bool = True) -> Viewer:
     """The viewer panel (in an accordion, `open` or not), placed where it is called inside a
     Blocks layout."""
-    with gr.Accordion(i18n("viewer.title"), open=open, elem_id="pm-viewer-panel"):
+    # outside the accordion: a closed accordion's content is not in the page
+    opener = gr.Button(visible="hidden", elem_id="viewer-open")
+    picked = gr.Textbox(visible="hidden", max_lines=1)  # a State's value never leaves the server
+    with gr.Accordion(i18n("viewer.title"), open=open, elem_id="pm-viewer-panel") as panel:
         with gr.Row():
             # allow_custom_value: choices are per user; the server checks whatever id arrives.
             first = gr.Dropdown(label=i18n("viewer.image"), choices=[], value=None,
@@ -305,4 +349,5 @@ def build_viewer(db: Database, auth: Auth, *, open: bool = True) -> Viewer:
         # empty until the open consultation's images are listed (in the reader's language)
         view = gr.HTML("", js_on_load=JS, css_template=CSS, elem_id="viewer-view",
                        apply_default_css=True)  # fmt: skip
-    return Viewer(ViewerHandlers(db), auth.guard(*CLINICAL), first, second, preset, view)
+    return Viewer(ViewerHandlers(db), auth.guard(*CLINICAL), panel, opener, picked, first, second,
+                  preset, view)  # fmt: skip

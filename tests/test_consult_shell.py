@@ -298,3 +298,51 @@ def test_stop_and_esc_end_an_answer_as_stored(chromium, shell):  # noqa: F811
     finally:
         ctx.close()
         sampling(shell, SHORT)
+
+
+def test_upload_cards_and_a_thumbnail_opens_the_viewer(chromium, shell, tmp_path):  # noqa: F811
+    """A CT and an MR flagged with burned-in text sent through the page: each shows as a card
+    (de-identified; the MR's burned-in warning), and clicking the CT's thumbnail opens it in
+    the viewer below the chat (not a raw PNG in a new tab), where the lung window re-renders it."""
+    from intake_builders import dicom_with, dicom_with_phi
+
+    url, db, _ = shell
+    sampling(shell, SHORT)
+    create_user(db, "erin", PASSWORD, "clinician")
+    ct, mr = tmp_path / "chest.dcm", tmp_path / "head.dcm"
+    ct.write_bytes(dicom_with_phi())
+    mr.write_bytes(dicom_with("MR_small.dcm", BurnedInAnnotation="YES"))
+    ctx, page = open_page(chromium, url, "erin")
+    try:
+        composer = page.locator("#consult-input")
+        composer.locator("input[type=file]").set_input_files([str(ct), str(mr)])
+        composer.locator("textarea").fill("CT and MR attached")
+        composer.locator("textarea").press("Enter")
+        stored_answer(db, "erin")
+        cards = page.locator(f"{USERS} .pm-card")
+        wait_until(lambda: cards.count() == 2, "both attachment cards")
+        assert "chest.dcm" in cards.nth(0).inner_text() and "head.dcm" in cards.nth(1).inner_text()
+        assert cards.nth(0).locator(".pm-card-warn").count() == 0
+        warning = cards.nth(1).locator(".pm-card-warn")
+        assert warning.is_visible() and "Burned-in text" in warning.inner_text()
+        assert page.locator("#pm-viewer-panel .pm-pane").count() == 0  # nothing open yet
+
+        pages_before = len(ctx.pages)
+        cards.nth(0).locator(".pm-thumbs a").first.click()
+        frame = page.locator("#viewer-view .pm-pane .pm-frame").first
+        frame.wait_for(state="visible", timeout=WAIT_MS)
+        assert len(ctx.pages) == pages_before  # no new tab
+        stored_src = frame.get_attribute("src")
+        page.locator("#viewer-preset").get_by_label("Lung").check()
+        page.wait_for_function(
+            "() => document.querySelector('#viewer-view .pm-pane')?.dataset.preset === 'lung'",
+            timeout=WAIT_MS,
+        )
+        assert page.locator("#viewer-view .pm-pane .pm-frame").first.get_attribute("src") != stored_src
+        no_error_badge(page)
+        shot(page, "shell-cards-viewer.png")
+    except BaseException:
+        shot(page, "shell-cards-failure.png")
+        raise
+    finally:
+        ctx.close()
