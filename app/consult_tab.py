@@ -13,6 +13,7 @@ the page reaches the same methods through small private events that render their
 from __future__ import annotations
 
 import html
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,13 +92,14 @@ def render(records: list[MessageRecord]) -> list[dict]:
 
 
 def chat_text(message: dict) -> str:
-    """A Chatbot message's text as HTTP clients get it (a string, or Gradio 6's list of parts)."""
+    """A Chatbot message's text as HTTP clients get it (a string, or Gradio 6's list of parts),
+    without the line under an answer (`with_meta`)."""
     content = message.get("content")
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
-    return ""
+        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    if not isinstance(content, str):
+        return ""
+    return ANSWER_META.sub("", content)
 
 
 def _label(c: ConsultationRecord) -> str:
@@ -178,6 +180,10 @@ def _answer_meta(m: MessageRecord, variants: dict[int, str]) -> str:
     elif name:
         parts.append(name)
     return " · ".join(parts)
+
+
+#: The line `with_meta` puts under an answer (an empty span drawn by CSS from its title).
+ANSWER_META = re.compile(r'\n\n<span class="answer-meta" title="[^"]*"></span>$')
 
 
 def with_meta(shown: list[dict], records: list[MessageRecord], variants: dict[int, str]) -> list[dict]:

@@ -295,6 +295,7 @@ PAGE: dict[str, Entry] = {
     "common.complete": {"en": "Done", "zh-CN": "已完成"},
     # the image viewer (app/viewer.py)
     "viewer.title": {"en": "Image viewer", "zh-CN": "影像查看器"},
+    "viewer.open": {"en": "Open in the viewer", "zh-CN": "在查看器中打开"},
     "viewer.image": {"en": "Image", "zh-CN": "图像"},
     "viewer.second": {"en": "Second image, side by side", "zh-CN": "第二幅图像（并排对比）"},
     "viewer.preset": {"en": "Window", "zh-CN": "窗宽窗位"},

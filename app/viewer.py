@@ -335,7 +335,7 @@ def build_viewer(db: Database, auth: Auth, *, open: bool = True) -> Viewer:
     """The viewer panel (in an accordion, `open` or not), placed where it is called inside a
     Blocks layout."""
     # outside the accordion: a closed accordion's content is not in the page
-    opener = gr.Button(visible="hidden", elem_id="viewer-open")
+    opener = gr.Button(i18n("viewer.open"), visible="hidden", elem_id="viewer-open")
     picked = gr.Textbox(visible="hidden", max_lines=1)  # a State's value never leaves the server
     with gr.Accordion(i18n("viewer.title"), open=open, elem_id="pm-viewer-panel") as panel:
         with gr.Row():

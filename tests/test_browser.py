@@ -47,7 +47,7 @@ CHROMIUM_ARGS = [
 ]
 #: Long enough to watch grow (the demo model writes ~70-100 tokens/s on one core), short enough
 #: to keep the test fast; seeded so the answer is the same on every run.
-SAMPLING = {"max_tokens": 200, "temperature": 1.0, "seed": 7}
+SAMPLING = {"max_tokens": 500, "temperature": 1.0, "seed": 7}
 #: How often the assistant bubble is sampled while the answer streams.
 POLL_S = 0.05
 #: Longest wait for a page element (generous: CI machines are shared and slow).
@@ -65,15 +65,20 @@ LAST_BOT_TEXT = """(sel) => {
     return bots.length ? bots[bots.length - 1].innerText : null;
 }"""
 #: Samples the assistant bubble in the page itself (Chromium's clock, not the test process's:
-#: the demo model generates in this process and competes with the test for the GIL).
+#: the demo model generates in this process and competes with the test for the GIL), on every
+#: change of the page (a mutation observer: a busy machine renders few frames, each is seen)
+#: and on a timer.
 START_SAMPLER = """([sel, ms]) => {
     window.__bubbleLengths = [];
-    window.__sampler = setInterval(() => {
+    const sample = () => {
         const bots = document.querySelectorAll(sel);
         const text = bots.length ? bots[bots.length - 1].innerText : "";
         const seen = window.__bubbleLengths;
         if (text && seen[seen.length - 1] !== text.length) seen.push(text.length);
-    }, ms);
+    };
+    window.__observer = new MutationObserver(sample);
+    window.__observer.observe(document.body, {subtree: true, childList: true, characterData: true});
+    window.__sampler = setInterval(sample, ms);
 }"""
 
 
@@ -135,6 +140,7 @@ def wait_for_answer(page, db: Database, user_id: int) -> tuple[int, str, list[in
                 stored = msgs[-1].text
         if stored and alnum(text) == alnum(stored):
             lengths = page.evaluate("() => { clearInterval(window.__sampler); "
+                                    "if (window.__observer) window.__observer.disconnect(); "
                                     "return window.__bubbleLengths; }")  # fmt: skip
             return cid, stored, lengths
         time.sleep(POLL_S)

@@ -51,8 +51,10 @@ from storage.access import may_read_compared_attachment
 from tests.apphelpers import demo_case_file, png_file
 
 PASSWORD = "correct horse battery"
-#: Answers of a known length (the end token is held back): long enough to see both stream.
-SAMPLING = {"max_tokens": 24, "min_tokens": 24, "temperature": 0.8, "seed": 7}
+#: Answers of a known length (the end token is held back): long enough that both sides stream
+#: over several updates even on a busy machine (at 24 tokens one side once ended in one update).
+ANSWER_TOKENS = 96
+SAMPLING = {"max_tokens": ANSWER_TOKENS, "min_tokens": ANSWER_TOKENS, "temperature": 0.8, "seed": 7}
 VOTE = dict(proactiveness="a", accuracy="a", usefulness="tie", language_quality="b", overall="a")
 
 
@@ -102,9 +104,9 @@ def test_case_compare_streams_both_votes_reveals_and_continues(world):
     turn = pair.turn
     assert turn.state == "answered" and [r.side for r in turn.responses] == ["a", "b"]
     for r, final in zip(turn.responses, updates[-1], strict=True):
-        assert r.text == final and r.finish_reason == "length" and r.completion_tokens == 24
+        assert r.text == final and r.finish_reason == "length" and r.completion_tokens == ANSWER_TOKENS
         assert r.first_token_ms is not None and r.latency_ms >= r.first_token_ms
-        assert r.sampling_params["max_tokens"] == 24
+        assert r.sampling_params["max_tokens"] == ANSWER_TOKENS
     assert {turn.variant_a_id, turn.variant_b_id} == {get_variant_by_name(db, n).id for n in ("tiny", "a1")}
     shown = turn_context(db, turn.id, user_id=ann.id)
     assert [m.text for m in shown] == ["手臂上起了红疹，很痒。", "多久了？", "三天了。"]
