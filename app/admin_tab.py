@@ -37,6 +37,7 @@ from app.i18n import i18n, t
 from app.variants import VariantSpec, add_variant, set_active
 from model.lora import AdapterLoadFailed
 from storage import (
+    Conflict,
     Database,
     InvalidInput,
     UserRecord,
@@ -175,21 +176,14 @@ class AdminHandlers:
         message = t("admin.user_added", name=added.username, role=t(f"admin.role.{role}"))
         return (message, *self._users_out(), "", "")
 
-    def _active_admins(self) -> int:
-        return sum(u.active for u in list_users(self.db, role=UserRole.ADMIN))
-
     def _set_active(self, user: UserRecord, name: str, active: bool):
         target = self._target(name)
         if not active and target.id == user.id:
             raise _fail("admin.not_yourself")
-        last = _fail("admin.last_admin")
-        if not active and target.role is UserRole.ADMIN and self._active_admins() <= 1:
-            raise last
-        set_user_active(self.db, target.id, active)
-        if not active and target.role is UserRole.ADMIN and self._active_admins() == 0:
-            # another admin disabled the caller at the same moment: undo, keep one admin
-            set_user_active(self.db, target.id, True)
-            raise last
+        try:  # storage keeps one active admin, even when two disable each other at once
+            set_user_active(self.db, target.id, active)
+        except Conflict as exc:
+            raise _fail("admin.last_admin") from exc
         record_audit(self.db, "admin.enable_user" if active else "admin.disable_user",
                      user_id=user.id, target_type="user", target_id=target.id)  # fmt: skip
         key = "admin.user_enabled" if active else "admin.user_disabled"

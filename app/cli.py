@@ -370,7 +370,7 @@ def _add_export_parser(sub) -> None:
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     """`pulsemind leaderboard`: Bradley-Terry ratings from the votes (training/leaderboard.py)."""
-    from storage import StorageError, get_user_by_name
+    from storage import StorageError, UserRole, get_user_by_name
     from storage.leaderboard_data import leaderboard_rows
     from training.leaderboard import (
         LeaderboardConfig,
@@ -386,6 +386,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
             user = get_user_by_name(db, args.as_user)
             if user is None:
                 raise SystemExit(f"pulsemind leaderboard: no user {args.as_user!r}")
+            if user.role is not UserRole.ADMIN:  # it prints votes per annotator and agreement
+                raise SystemExit(f"pulsemind leaderboard: {args.as_user!r} is not an admin; "
+                                 "annotators see the leaderboard in the app")  # fmt: skip
             user_id = user.id
         rows = leaderboard_rows(db, user_id=user_id)
         config = LeaderboardConfig(bootstrap=args.bootstrap, seed=args.seed,

@@ -564,13 +564,6 @@ class ConsultHandlers:
         """The consultation list, narrowed to titles containing `search`."""
         return gr.update(choices=_choices(self.db, user, search), value=current)
 
-    def remove(self, user: UserRecord, cid: int | None, search: str | None):
-        """The delete button: delete the open consultation and clear the chat."""
-        if optional_id(cid, "consultation") is None:
-            raise InvalidInput("no consultation", user_message=OPEN_FIRST)
-        self.delete_consultation(user, cid)
-        return gr.update(choices=_choices(self.db, user, search), value=None), [], ""
-
     def answer_choices(self, user: UserRecord, cid: int | None):
         """The answers in the chat, for the answer picker (the last one picked)."""
         cid = optional_id(cid, "consultation")

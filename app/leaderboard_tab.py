@@ -7,11 +7,11 @@ style-controlled ratings as two interval plots side by side on one scale, a tabl
 win-rate matrix as a heatmap and a table, and every table as CSV (only the caller can download
 them, `app.downloads`). Computed when the tab is opened or Refresh is pressed, not at page load.
 
-Who sees what is decided here, on the server: an admin reads the votes through
-`storage.leaderboard_data.leaderboard_rows(user_id=...)` (its admin check) and gets votes per
-annotator, agreement and quality flags; an annotator gets the ratings and win rates only — the
-per-annotator tables come back empty (and the page shows them to admins only), and their CSVs
-are not written.
+Who sees what is decided on the server: votes are read through
+`storage.leaderboard_data.leaderboard_rows(user_id=...)` (admins as stored, annotators with the
+voters pseudonymous, anyone else refused); an admin gets votes per annotator, agreement and
+quality flags; an annotator gets the ratings and win rates only — the per-annotator tables come
+back empty (and the page shows them to admins only), and their CSVs are not written.
 
 Plots are Vega-Lite specifications handed to `gr.Plot` as its own data (`PlotData`, type
 "altair": Gradio's frontend draws it with the vega-embed it bundles), so no plotting library is
@@ -238,9 +238,9 @@ class LeaderboardHandlers:
         if field not in FIELDS:
             raise InvalidInput("leaderboard field", user_message=t("leaderboard.bad_field"))
         admin = user.role is UserRole.ADMIN
-        # an admin through storage's own check; an annotator (role checked by Auth.guard) reads
-        # the same rows and is handed nothing per annotator below
-        rows = leaderboard_rows(self.db, user_id=user.id) if admin else leaderboard_rows(self.db)
+        # storage decides what each role reads (an annotator: voters pseudonymous); the
+        # per-annotator tables below are an admin's only
+        rows = leaderboard_rows(self.db, user_id=user.id)
         empty = EmptyBoard()
         private = [empty.annotators, empty.agreement, empty.flags]
         if not rows:

@@ -43,7 +43,8 @@ _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$", re.MULTILINE)
 #: Names shorter than this match too many ordinary words to count as naming a model.
 MIN_NAME_CHARS = 3
 #: What a non-admin is told (the votes reveal which variant answered each comparison).
-ADMINS_ONLY = "Only an administrator can see the leaderboard. / 只有管理员可以查看排行榜。"
+ADMINS_ONLY = ("Only administrators and annotators can see the leaderboard. / "
+               "只有管理员和标注员可以查看排行榜。")
 #: Model families an answer could name itself by, besides the registered variants' names.
 MODEL_FAMILIES = ("qwen", "pulsemind", "gpt-4", "gpt4", "chatgpt", "gemini", "claude", "llama")
 
@@ -96,13 +97,16 @@ class VoteRow:
 def leaderboard_rows(db: Database, *, user_id: int | None = None) -> list[VoteRow]:
     """Every vote, oldest first, with its variants and answer style (one read-only transaction).
 
-    With `user_id`, only an active admin may read them (PermissionDenied otherwise); without,
+    With `user_id`: an active admin reads them as stored; an annotator reads them with each
+    voter's id replaced by a pseudonym (1, 2, ... in order of first vote: the same grouping
+    for daily caps and agreement, no user named); anyone else gets PermissionDenied. Without,
     the caller is trusted (a command run by whoever holds the database).
     """
     with db.transaction(write=False) as session:
-        if user_id is not None and active_user(session, user_id).role is not UserRole.ADMIN:
+        role = active_user(session, user_id).role if user_id is not None else UserRole.ADMIN
+        if role not in (UserRole.ADMIN, UserRole.ANNOTATOR):
             logger.warning("user id={} denied the leaderboard", user_id)
-            raise PermissionDenied(f"user {user_id} is not an admin", user_message=ADMINS_ONLY)
+            raise PermissionDenied(f"user {user_id} may not read votes", user_message=ADMINS_ONLY)
         variants = {v.id: v for v in session.scalars(select(ModelVariant))}
         known_names = [n for v in variants.values() for n in (v.name, v.served_model_name)]
         pairs = session.execute(select(Vote, ComparisonTurn)
@@ -113,11 +117,13 @@ def leaderboard_rows(db: Database, *, user_id: int | None = None) -> list[VoteRo
         for response in session.scalars(select(ComparisonResponse)
                                          .where(ComparisonResponse.turn_id.in_(turn_ids))):  # fmt: skip
             answers[(response.turn_id, response.side)] = response.text
-        rows = []
+        rows, pseudonyms = [], {}
         for vote, turn in pairs:
             text_a, text_b = answers.get((turn.id, Side.A), ""), answers.get((turn.id, Side.B), "")
+            voter = vote.voter_id if role is UserRole.ADMIN else pseudonyms.setdefault(
+                vote.voter_id, len(pseudonyms) + 1)
             rows.append(VoteRow(
-                vote_id=vote.id, turn_id=turn.id, voter_id=vote.voter_id,
+                vote_id=vote.id, turn_id=turn.id, voter_id=voter,
                 variant_a_id=turn.variant_a_id, variant_a=variants[turn.variant_a_id].name,
                 variant_b_id=turn.variant_b_id, variant_b=variants[turn.variant_b_id].name,
                 choices={d: _value(getattr(vote, d)) for d in DIMENSIONS}, overall=vote.overall.value,

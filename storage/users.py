@@ -28,6 +28,10 @@ from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import USERNAME_LENGTH, User, UserRole
 from storage.records import UserRecord, from_row
 
+#: Disabling the last active admin would leave nobody to manage users.
+LAST_ADMIN = ("At least one active administrator must remain; enable or add another first. / "
+              "必须保留至少一名启用中的管理员；请先启用或添加另一名管理员。")  # fmt: skip
+
 #: NIST SP 800-63B asks for at least 8; a clinical system reached over a network with
 #: passwords as the only factor warrants more.
 MIN_PASSWORD_LENGTH = 12
@@ -158,11 +162,21 @@ def set_password(db: Database, user_id: int, password: str) -> None:
 
 
 def set_user_active(db: Database, user_id: int, active: bool) -> UserRecord:
-    """(De)activate a user; an inactive user cannot log in or reach any data."""
+    """(De)activate a user; an inactive user cannot log in or reach any data.
+
+    The last active admin cannot be deactivated (Conflict): the active admins' rows are locked
+    first (PostgreSQL; SQLite writers are serialised by `Database`), so two admins disabling
+    each other at the same moment leave one of them active.
+    """
     with db.transaction() as session:
+        admins = session.scalars(select(User.id).where(User.role == UserRole.ADMIN)
+                                 .where(User.active.is_(True)).with_for_update()).all()  # fmt: skip
         user = session.get(User, user_id)
         if user is None:
             raise NotFound(f"user {user_id} does not exist")
+        if not active and user.role is UserRole.ADMIN and set(admins) <= {user.id}:
+            raise Conflict(f"user {user_id} is the last active admin",
+                           user_message=LAST_ADMIN)  # fmt: skip
         user.active = active
         record = _record(user)
     logger.info("user id={} active={}", user_id, active)

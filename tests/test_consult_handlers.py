@@ -125,9 +125,11 @@ def test_list_delete_versions_and_rating_as_the_page_uses_them(tab):
     (label, value), = h.filter_list(alice, "COUGH", None)["choices"]
     assert value == cid and label.startswith(f"Cough for a week · #{cid} · ")
     assert h.filter_list(alice, "fever", None)["choices"] == []
-    with pytest.raises(PermissionDenied):
-        h.remove(u["bob"], cid, "")
-    dropdown, chat, title = h.remove(alice, cid, "")
-    assert dropdown["choices"] == [] and dropdown["value"] is None and chat == []
+    # delete (after the page's confirmation): someone else's is refused in place, nothing gone
+    *_, hidden, note = h.delete_page(u["bob"], cid, "")
+    assert hidden["visible"] is False and "not" in note.lower()
+    assert h.filter_list(alice, "", None)["choices"]
+    opened, listing, chat, title, _, _, note = h.delete_page(alice, cid, "")
+    assert opened is None and listing["choices"] == [] and chat == [] and "Deleted" in note
     with pytest.raises(NotFound, match="deleted"):
         h.open_consultation(alice, cid)

@@ -7,6 +7,7 @@ Run: OMP_NUM_THREADS=1 python -m pytest tests/test_leaderboard.py -q
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -250,9 +251,14 @@ def voted_database(db):
 
 def test_rows_from_a_real_database(db):
     admin, ann, base, lora = voted_database(db)
+    doc = create_user(db, "doc", "correct horse battery", "clinician")
     with pytest.raises(PermissionDenied):
-        leaderboard_rows(db, user_id=ann.id)
+        leaderboard_rows(db, user_id=doc.id)
+    # an annotator reads every vote, the voters pseudonymous (no user id)
+    seen = leaderboard_rows(db, user_id=ann.id)
+    assert [r.voter_id for r in seen] == [1, 1] and ann.id != 1
     rows = leaderboard_rows(db, user_id=admin.id)
+    assert [dataclasses.replace(r, voter_id=1) for r in rows] == seen
     assert rows == leaderboard_rows(db)
     assert len(rows) == 2
     first = rows[0]

@@ -42,6 +42,7 @@ from storage import (
     get_attachment_image,
     get_attachment_images,
     get_consultation,
+    get_user,
     get_variant_by_name,
     history,
     list_active_variants,
@@ -560,3 +561,18 @@ def test_sqlite_file_is_a_plain_database(db: Database, people):
             ("root",),
         ]
         assert raw.execute("SELECT role FROM users WHERE username='root'").fetchone() == ("admin",)
+
+
+def test_the_last_active_admin_cannot_be_disabled(db: Database):
+    root = create_user(db, "root", PASSWORD, "admin")
+    with pytest.raises(Conflict, match="last active admin") as exc:
+        set_user_active(db, root.id, False)
+    assert "必须保留至少一名" in exc.value.user_message and get_user(db, root.id).active
+    root2 = create_user(db, "root2", PASSWORD, "admin")
+    assert set_user_active(db, root.id, False).active is False  # another admin remains
+    with pytest.raises(Conflict):
+        set_user_active(db, root2.id, False)
+    assert set_user_active(db, root.id, True).active and set_user_active(db, root2.id, False)
+    clinician = create_user(db, "carol", PASSWORD, "clinician")
+    assert set_user_active(db, clinician.id, False).active is False  # no rule for others
+

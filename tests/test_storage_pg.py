@@ -169,3 +169,33 @@ def test_postgres_concurrent_writers(pg_db: Database):
         w.join()
     assert errors == []
     assert [m.seq for m in history(pg_db, c.id)] == list(range(1, threads * per_thread + 1))
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one_active(pg_db: Database):
+    """The last-admin rule holds under a race: both requests lock the active admins' rows, so
+    the second sees the first's change and is refused (storage.users.set_user_active)."""
+    from storage import get_user, set_user_active
+
+    one = create_user(pg_db, "root1", PASSWORD, "admin")
+    two = create_user(pg_db, "root2", PASSWORD, "admin")
+    for _ in range(10):
+        outcomes: list[object] = []
+        start = threading.Barrier(2)
+
+        def disable(target: int, start=start, outcomes=outcomes) -> None:
+            start.wait()
+            try:
+                outcomes.append(set_user_active(pg_db, target, False).id)
+            except Conflict as exc:
+                outcomes.append(exc)
+
+        workers = [threading.Thread(target=disable, args=(t,)) for t in (one.id, two.id)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        refused = [o for o in outcomes if isinstance(o, Conflict)]
+        assert len(refused) == 1 and "At least one active administrator" in refused[0].user_message
+        assert [get_user(pg_db, u.id).active for u in (one, two)].count(True) == 1
+        for u in (one, two):
+            set_user_active(pg_db, u.id, True)
