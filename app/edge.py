@@ -72,6 +72,30 @@ class to_user_errors:
                        print_exception=False) from exc  # fmt: skip
 
 
+def plain_input_errors(blocks: gr.Blocks) -> None:
+    """Refuse values Gradio's components reject with our sentence, not Gradio's.
+
+    Before a handler runs, Gradio checks each value against its component (a choice that is
+    not offered, text in a number box, a malformed file payload) and answers a program with
+    its own English text, naming Python types (`Value: 'x' (type: <class 'str'>) is not in the
+    list of choices`) or with a bare "error". That check happens before `Auth.guard`, so it is
+    caught here, around `Blocks.preprocess_data`: logged, and said in both languages (the
+    request's language is not known yet at that point).
+    """
+    check = blocks.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await check(block_fn, inputs, state, explicit_call)
+        except Exception as exc:  # noqa: BLE001 - Gradio's own checks; said in our words
+            logger.info("values refused before {}: {}: {}", block_fn.name, type(exc).__name__,
+                        str(exc)[:300])  # fmt: skip
+            message = SERVER["edge.bad_value"]
+            raise gr.Error(f"{message['en']} / {message['zh-CN']}", print_exception=False) from None
+
+    blocks.preprocess_data = preprocess_data
+
+
 def parse_id(value: object, what: str) -> int:
     """A row id from a request (int or digits), else NotFound: a malformed id names nothing."""
     if isinstance(value, bool):

@@ -563,6 +563,12 @@ SERVER: dict[str, Entry] = {
         "zh-CN": "复核在您投票后即结束；只有发起该对比的人才能继续对话。",
     },
     # app/edge.py, app/auth.py
+    "edge.bad_value": {
+        "en": "A value sent is not one this field accepts (for a choice, one of the options "
+        "offered; for a number, digits). Nothing was changed.",
+        "zh-CN": "提交的某个值不是该字段可接受的值（选项须从给定选项中选择，数字须为数字）。"
+        "未做任何更改。",
+    },
     "edge.generic": {
         "en": "Something went wrong on the server (reference {ref}). What you saved before is "
         "kept; try again, and give the reference to your administrator if it happens again.",

@@ -32,7 +32,7 @@ from starlette.routing import Mount
 from app.auth import Auth
 from app.compare import Comparisons
 from app.config import AppConfig
-from app.edge import parse_id, parse_index, user_message
+from app.edge import parse_id, parse_index, plain_input_errors, user_message
 from app.i18n import I18N, SERVER, error_text, t
 from app.language import LANGUAGES, LanguagePage, request_language
 from app.request_guard import RequestGuard
@@ -148,6 +148,7 @@ def create_app(config: AppConfig, db: Database | None = None) -> tuple[FastAPI, 
     for run in retrain.recover():  # its process went away with the machine or was killed
         logger.warning("training run {} was interrupted; resume it from the Retrain tab", run.id)
     blocks = build_ui(config, db, auth, flow, comparisons, retrain)
+    plain_input_errors(blocks)  # Gradio's own value checks answered in our words (app.edge)
     blocks.max_threads = config.concurrency + 16
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
