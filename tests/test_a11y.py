@@ -43,7 +43,8 @@ def answered(page, db, user_id: int) -> None:
     while time.monotonic() < deadline:
         cids = [c.id for c in list_consultations(db, user_id)]
         msgs = history(db, cids[0], user_id=user_id) if cids else []
-        if msgs and msgs[-1].role is MessageRole.ASSISTANT:
+        final = msgs and msgs[-1].finish_reason and msgs[-1].finish_reason.value != "cut_off"
+        if final and msgs[-1].role is MessageRole.ASSISTANT:  # not a checkpoint mid-stream
             if alnum(msgs[-1].text) in alnum(page.evaluate(LAST_BOT_TEXT, BOTS)):
                 return
         time.sleep(0.1)

@@ -134,10 +134,13 @@ def wait_for_answer(page, db: Database, user_id: int) -> tuple[int, str, list[in
         text = page.evaluate(LAST_BOT_TEXT, BOTS)
         if cid is None:
             cid = next((c.id for c in list_consultations(db, user_id)), None)
-        if cid is not None and stored is None:
+        if cid is not None:
+            # the final answer, not a checkpoint stored while it streams (finish cut_off until
+            # the answer ends), which the page may show at the same moment
             msgs = history(db, cid, user_id=user_id)
-            if msgs and msgs[-1].role is MessageRole.ASSISTANT:
-                stored = msgs[-1].text
+            last = msgs[-1] if msgs else None
+            if last and last.role is MessageRole.ASSISTANT and last.finish_reason.value != "cut_off":
+                stored = last.text
         if stored and alnum(text) == alnum(stored):
             lengths = page.evaluate("() => { clearInterval(window.__sampler); "
                                     "if (window.__observer) window.__observer.disconnect(); "
