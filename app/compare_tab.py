@@ -33,6 +33,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.attachment_cards import THUMBNAILS_PER_ATTACHMENT
 from app.auth import Auth
 from app.compare import MESSAGES as COMPARE_MESSAGES
 from app.compare import AdHoc, Comparisons, FromCase, FromLog, PairAnswer
@@ -69,8 +70,6 @@ VOTE_FIELDS = (*DIMENSIONS, "overall", "safety_flag_a", "safety_flag_b", "commen
 #: What the streaming events (start from a case, start typed, continue) update, in order.
 STREAM_FIELDS = ("context", "a", "b", "status", "vote_button", "vote_note", "reveal", "turn_id",
                  "key", "keep", "typed", "next", "continue_note", *VOTE_FIELDS)  # fmt: skip
-#: Thumbnails per attachment in the conversation (a PDF's first pages, a DICOM's frames).
-THUMBNAILS_PER_ATTACHMENT = 4
 #: Where a context item's text came from (`storage.compare_context`) -> who said it.
 SPEAKERS = {"case_reference": "compare.reference", "comparison_response": "compare.kept",
             "message": "compare.earlier"}  # fmt: skip

@@ -68,18 +68,12 @@ PICK_ANSWER = "Pick an answer first. / 请先选择一条回答。"
 STOP_WAIT_S = 5.0
 
 
-def _image_md(att) -> str:
-    """An attachment in the chat: a card saying what intake did, its thumbnails in one row
-    (`app.attachment_cards`; HTML, every text escaped)."""
-    return card_html(att)
-
-
 def render(records: list[MessageRecord]) -> list[dict]:
     """Stored messages as Chatbot messages (thumbnails served by /attachments, per user)."""
     out = []
     for m in records:
         if m.role is MessageRole.USER:
-            files = [_image_md(a) for a in m.attachments]
+            files = [card_html(a) for a in m.attachments]  # what intake did, thumbnails
             out.append({"role": "user", "content": "\n\n".join([*files, m.text]).strip()})
         elif m.role is MessageRole.ASSISTANT:
             text = m.text

@@ -185,13 +185,18 @@ class ViewerHandlers:
                                    kind=t(f"card.kind.{a.kind.value}"), seq=m.seq)  # fmt: skip
         return [(label, aid) for aid, label in seen.items()]
 
-    def pane(self, user: UserRecord, attachment_id: object, preset: object) -> PaneView:
-        """An attachment's frames in a window preset ("own": as stored and sent)."""
-        aid = parse_id(attachment_id, "attachment")
-        name = parse_choice(preset, PRESET_NAMES, "window preset")
+    def _visible(self, user: UserRecord, value: object) -> int:
+        """The attachment id `value` names, if the user may see it; else "does not exist"."""
+        aid = parse_id(value, "attachment")
         if not user_can_access_attachment(self.db, user.id, aid):
             raise NotFound("attachment not visible to the caller",
                            user_message="This attachment does not exist.")  # fmt: skip
+        return aid
+
+    def pane(self, user: UserRecord, attachment_id: object, preset: object) -> PaneView:
+        """An attachment's frames in a window preset ("own": as stored and sent)."""
+        aid = self._visible(user, attachment_id)
+        name = parse_choice(preset, PRESET_NAMES, "window preset")
         images = get_attachment_images(self.db, aid, with_png=True)
         stored = [(img.label, img.png or b"") for img in images]
         if name == "own":
@@ -207,10 +212,7 @@ class ViewerHandlers:
     def open_from_chat(self, user: UserRecord, clicked: str | None):
         """A thumbnail clicked in the chat (its attachment id): pick that image (if the user may
         see it) and open the panel."""
-        aid = parse_id(clicked, "attachment")
-        if not user_can_access_attachment(self.db, user.id, aid):
-            raise NotFound("attachment not visible to the caller",
-                           user_message="This attachment does not exist.")  # fmt: skip
+        aid = self._visible(user, clicked)
         # the view is rendered here too: a closed panel's pickers are not in the page yet, so
         # their change events would not fire
         return gr.update(value=aid), gr.update(open=True), self.show(user, aid, None, "own")
