@@ -18,7 +18,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -31,6 +30,7 @@ from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id, parse_index, user_message
 from app.i18n import SERVER, error_text, i18n, t, translate
 from app.language import current_language
+from app.prestart import Prestarted, Prestarts, Running
 from app.viewer import build_viewer
 from app.workflow import Answer, Consultations, UploadRejected
 from storage import (
@@ -195,14 +195,6 @@ def with_meta(shown: list[dict], records: list[MessageRecord], variants: dict[in
     return out
 
 
-@dataclass
-class _Running:
-    """An answer streaming to the page: Stop asks it to end, and waits until it has."""
-
-    stop: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 class ConsultHandlers:
     """The Consult tab's use cases as plain methods `(user, *inputs) -> outputs`: no components
     and no request inside, so tests call them directly; `build_consult_tab` wraps each in
@@ -211,8 +203,10 @@ class ConsultHandlers:
     def __init__(self, db: Database, flow: Consultations, comparisons: Comparisons | None = None):
         self.db, self.flow, self.comparisons = db, flow, comparisons
         # (user id, consultation id) -> the answer streaming there (Stop / Esc end it)
-        self._running: dict[tuple[int, int], _Running] = {}
+        self._running: dict[tuple[int, int], Running] = {}
         self._running_lock = threading.Lock()
+        # answers /send started before /answer follows them (app.prestart)
+        self.prestarts = Prestarts(flow)
 
     def refresh(self, user: UserRecord, current: int | None):
         variants = list_active_variants(self.db)
@@ -265,22 +259,26 @@ class ConsultHandlers:
                 return next((a.text or "" for a in m.attachments if a.position == pos), "")
         return ""
 
-    def _stream(self, user: UserRecord, answer: Answer) -> Iterator[list[dict]]:
+    def _stream(self, user: UserRecord, answer: Answer,
+                started: Prestarted | None = None) -> Iterator[list[dict]]:  # fmt: skip
         """Yield the chat while the answer streams (throttled); record it, then show it stored.
+        `started`: the answer was started by /send and is read (and stored) on its own thread;
+        this follows its text.
 
         Stop (`stop`) ends the stream here rather than cancelling the event, so the last update
         is the answer as stored, marked stopped, whatever arrived after the last update shown.
         """
         shown = self.chat(answer.history)
         key = (user.id, answer.consultation_id or 0)
-        run = _Running()
+        run = started.run if started is not None else Running()
         with self._running_lock:
             self._running[key] = run
         try:
-            with closing(self.flow.streamed(user, answer)) as texts:
+            source = started.texts() if started is not None else self.flow.streamed(user, answer)
+            with closing(source) as texts:
                 for text in texts:
-                    if run.stop.is_set():
-                        break
+                    if run.stop.is_set() and started is None:
+                        break  # a started answer stops on its thread: followed to its end
                     yield [*shown, {"role": "assistant", "content": text}]
             stored = [answer.recorded] if answer.recorded is not None else []
             final = self.chat([*answer.history, *stored])
@@ -307,23 +305,33 @@ class ConsultHandlers:
         cid = optional_id(cid, "consultation")
         with self._running_lock:
             run = self._running.get((user.id, cid or 0))
+        run = run or self.prestarts.running(user, cid)  # started by /send, not yet followed
         if run is not None:
             run.stop.set()
             run.done.wait(STOP_WAIT_S)
 
-    def send(self, user: UserRecord, message: dict | None, cid: int | None):
-        """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained."""
+    def send(self, user: UserRecord, message: dict | None, cid: int | None,
+             variant_name: str | None = None):  # fmt: skip
+        """Store the clinician's turn (uploads taken in first); the answer is `answer`, chained.
+        With `variant_name` the answer starts at once, and `answer` follows it (app.prestart)."""
         message = message if isinstance(message, dict) else {}
         files = [(display_name(f), file_path(f)) for f in message.get("files") or []]
         # UploadRejected (one line per file) reaches the browser as an error; the draft and its
         # files stay in the box because no output is updated. Only the caller's own uploads
         # are taken (self.flow.take_in).
         text = message.get("text") or ""
-        cid, _ = self.flow.add_turn(user, optional_id(cid, "consultation"),
-                               text if isinstance(text, str) else "", files)  # fmt: skip
+        text = text if isinstance(text, str) else ""
+        cid = optional_id(cid, "consultation")
+        if variant_name and isinstance(variant_name, str):  # the model starts as it is stored
+            answer = self.prestarts.ask(user, cid, text, files, variant_name,
+                                        language=current_language()).answer  # fmt: skip
+            cid, records = answer.consultation_id, list(answer.history)  # up to the turn
+        else:
+            cid, _ = self.flow.add_turn(user, cid, text, files)
+            records = self.flow.chat_history(user, cid)
         choices = _choices(self.db, user)
         title_text = next((t for t, i in choices if i == cid), "").rsplit(" · #", 1)[0]
-        shown = self.chat(self.flow.chat_history(user, cid))
+        shown = self.chat(records)
         return gr.update(choices=choices, value=cid), shown, None, "", title_text
 
     def answer(self, user: UserRecord, cid: int | None, variant_name: str | None):
@@ -331,8 +339,13 @@ class ConsultHandlers:
         cid = optional_id(cid, "consultation")
         if cid is None:
             raise InvalidInput("no consultation", user_message=OPEN_FIRST)
-        ans = self.flow.answer(user, cid, variant_name, language=current_language())
-        for chat_value in self._stream(user, ans):
+        started, replaced = self.prestarts.take(user, cid, variant_name)
+        if started is not None:
+            ans = started.answer
+        else:  # none started, or one of another variant, stopped: this one replaces it
+            ans = self.flow.answer(user, cid, variant_name, regenerate=replaced,
+                                   language=current_language())  # fmt: skip
+        for chat_value in self._stream(user, ans, started):
             yield chat_value, _status(ans)
 
     def retry(self, user: UserRecord, cid: int | None, variant_name: str | None):
@@ -486,13 +499,16 @@ class ConsultHandlers:
         return self._cleared(user, search)
 
     def send_page(self, user: UserRecord, message: dict | None, cid: int | None,
-                  search: str | None):  # fmt: skip
+                  search: str | None, variant_name: str | None = None,
+                  compare: bool | None = False):  # fmt: skip
         """The composer's Enter: `send`, with refused files named beside the composer and the
-        draft (text and files) left in it. Outputs: consultation, list, chat, composer, status,
-        title, notice, whether the answer should follow."""
+        draft (text and files) left in it; the answer starts at once unless two answers side by
+        side (`compare`) follow. Outputs: consultation, list, chat, composer, status, title,
+        notice, whether the answer should follow."""
         keep = (gr.skip(),) * 6
         try:
-            consultation, shown, box, status, title_text = self.send(user, message, cid)
+            consultation, shown, box, status, title_text = self.send(
+                user, message, cid, None if compare else variant_name)  # fmt: skip
         except UploadRejected as exc:
             return *keep, _rejected_files(exc), False
         except Exception as exc:  # noqa: BLE001 - shown in place
@@ -722,8 +738,9 @@ def build_consult_tab(
         gr.on([], guard(h.new_consultation), None, [consultation, chat, title],
               api_name="new_consultation")  # fmt: skip
         gr.on([], guard(h.rename), [consultation, title], [consultation], api_name="rename")
-        gr.on([], guard(h.send), [box, consultation], [consultation, chat, box, status, title],
-              api_name="send", concurrency_limit=limit)  # fmt: skip
+        gr.on([], guard(h.send), [box, consultation, variant],
+              [consultation, chat, box, status, title], api_name="send",
+              concurrency_limit=limit)  # fmt: skip
         gr.on([], guard(h.retry), [consultation, variant], [chat, status], api_name="retry",
               concurrency_limit=limit)  # fmt: skip
         for fn in (h.list_consultations, h.delete_consultation, h.feedback, h.versions,
@@ -755,7 +772,7 @@ def build_consult_tab(
                       api_name="report_text")  # fmt: skip
 
         # --- a turn: store it (refusals said beside the composer), then answer it
-        send_ev = box.submit(guard(h.send_page), [box, consultation, search],
+        send_ev = box.submit(guard(h.send_page), [box, consultation, search, variant, compare_on],
                              [consultation, listing, chat, box, status, title, notice, sent_ok],
                              concurrency_limit=limit, **private)  # fmt: skip
         send_ev.then(**set_url)

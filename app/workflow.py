@@ -19,6 +19,7 @@ file, and the database is left as it was. Answers that fail are stored with thei
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +50,7 @@ from storage import (
     VariantRecord,
     add_assistant_message,
     add_user_message,
+    check_user_message,
     check_writable,
     create_consultation,
     get_variant_by_name,
@@ -115,6 +117,7 @@ class Answer:
     """The answer's row once its text so far was stored while streaming (`Consultations`)."""
     turn: Future | None = None
     """`ask`: the clinician's turn being stored while the model starts, -> (id, message)."""
+    _turn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __iter__(self) -> Iterator[str]:
         texts = iter(self.stream)
@@ -133,9 +136,10 @@ class Answer:
         if self.turn is None:
             return
         cid, msg = self.turn.result()
-        if self.consultation_id is None or not self.history or self.history[-1].id != msg.id:
-            self.consultation_id = cid
-            self.history.append(msg)
+        with self._turn_lock:  # the page's request and the thread reading the answer (prestart)
+            if self.consultation_id is None or not self.history or self.history[-1].id != msg.id:
+                self.consultation_id = cid
+                self.history.append(msg)
 
     @property
     def outcome(self) -> TurnOutcome | None:
@@ -466,9 +470,12 @@ def title_from(text: str, limit: int = TITLE_CHARS) -> str:
 
 
 def _turn_text(text: str | None, files: Sequence) -> str:
+    """The turn's text, refused before anything is stored or asked (a new consultation is
+    created only for a turn it can hold)."""
     text = (text or "").strip()
     if not text and not files:
         raise InvalidInput("empty turn", user_message="Type a message or attach a file.")
+    check_user_message(text, len(files))
     return text
 
 

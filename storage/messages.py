@@ -102,6 +102,17 @@ def _clean_name(name: object, position: int) -> str:
     return name.strip()[-ORIGINAL_NAME_LENGTH:]
 
 
+def check_user_message(text: str, attachments: int = 0) -> None:
+    """What `add_user_message` refuses whatever the consultation (length, number of files):
+    callers check first, before they create a consultation for it. Raises InvalidInput."""
+    bounded_text(text, "message", MAX_MESSAGE_CHARS, allow_empty=attachments > 0)
+    if attachments > MAX_ATTACHMENTS_PER_MESSAGE:
+        raise InvalidInput(
+            f"{attachments} attachments; at most {MAX_ATTACHMENTS_PER_MESSAGE}",
+            user_message=f"At most {MAX_ATTACHMENTS_PER_MESSAGE} files per message.",
+        )
+
+
 def add_user_message(
     db: Database,
     consultation_id: int,
@@ -114,12 +125,7 @@ def add_user_message(
     `author_id` must own the consultation. Attachments already stored (same sha256) are
     reused. Raises NotFound, PermissionDenied or InvalidInput; nothing is written then.
     """
-    bounded_text(text, "message", MAX_MESSAGE_CHARS, allow_empty=bool(attachments))
-    if len(attachments) > MAX_ATTACHMENTS_PER_MESSAGE:
-        raise InvalidInput(
-            f"{len(attachments)} attachments; at most {MAX_ATTACHMENTS_PER_MESSAGE}",
-            user_message=f"At most {MAX_ATTACHMENTS_PER_MESSAGE} files per message.",
-        )
+    check_user_message(text, len(attachments))
     with db.transaction() as session:
         consultation = access_consultation(
             session, consultation_id, author_id, write=True, lock=True

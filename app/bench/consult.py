@@ -21,6 +21,8 @@ simultaneous requests on each path:
   clinician, each ask one new consultation turn with one call, as programs use the app;
 - ui (`/send` + `/answer`, skip with --no-ui-path): the browser's two events for the same
   turn, driven by gradio_client (which waits up to 50 ms between them, a browser does not).
+  Like the page, `/send` names the variant, so the answer starts as the turn is stored and
+  `/answer` follows it (app.prestart).
 
 On the app paths TTFT runs from the first call to the first output with answer text, and the
 end is the arrival of `process_completed`; arrival times are taken in the client's SSE reader
@@ -228,7 +230,7 @@ class AppPath:
                 job = client.submit(self.message, None, VARIANT, api_name="/consult")
                 cid = job.result(timeout=REQUEST_TIMEOUT_S)["consultation_id"]
             else:  # what the browser does on Enter: /send stores the turn, /answer streams
-                dropdown, *_ = client.predict(self.message, None, api_name="/send")
+                dropdown, *_ = client.predict(self.message, None, VARIANT, api_name="/send")
                 cid = _consultation_id(dropdown)
                 events.arrivals.clear()
                 job = client.submit(cid, VARIANT, api_name="/answer")

@@ -16,7 +16,8 @@ case) is read by the app's case reader. For each concurrency level a fresh SQLit
 (so no verdict comes from another level's cache) gets two variants of the served model (greedy
 model; sampled opponent with a fixed seed, so the two answer differently) and one run over all
 cases, timed from the first request to the stored totals (training.eval.EvalRunner.run). One
-small unmeasured run warms the server up first. Throughput = cases / wall time; the ratio is
+unmeasured run of one-turn cases at the highest level warms the server up first (its first
+batches of that size and the judge's grammar are slower than the rest). Throughput = cases / wall time; the ratio is
 the highest level's over the lowest's.
 """
 
@@ -120,8 +121,10 @@ def run_bench(cfg: BenchEvalConfig, *, progress: bool = True) -> dict:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsemind-bench-")))
         url, served = start_model(cfg, stack, tmp)  # type: ignore[arg-type]
         case_file = read_case_file(write_cases(tmp / "cases.json", cfg.cases, cfg.turns))
-        warm = read_case_file(write_cases(tmp / "warm.json", 2, 1))
-        one_run(cfg, url, served, warm, tmp, 2)  # warm-up, not measured
+        # Warm-up, not measured: the highest level's batch shapes and the judge's grammar, so
+        # that no level pays the server's first batches of that size.
+        top = cfg.concurrency[-1]
+        one_run(cfg, url, served, read_case_file(write_cases(tmp / "warm.json", top, 1)), tmp, top)
         levels = []
         for c in tqdm(cfg.concurrency, desc="concurrency levels", file=sys.stderr,
                       disable=not progress):  # fmt: skip
