@@ -77,9 +77,12 @@ class AbsoluteScorer:
     def __init__(self, config: JudgeConfig):
         import openai
 
+        from model.openai_engine import http_client
+
         self.config = config
         self._client = openai.OpenAI(base_url=config.base_url, api_key=config.api_key,
-                                     timeout=config.timeout_s, max_retries=0)  # fmt: skip
+                                     timeout=config.timeout_s, max_retries=0,
+                                     http_client=http_client())  # fmt: skip
         self._lock = threading.Lock()
         self._mode = "json_schema" if config.structured == "json_schema" else config.structured
         if self._mode == "auto":

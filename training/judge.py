@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import openai
 from loguru import logger
 
-from model.openai_engine import api_detail
+from model.openai_engine import api_detail, http_client
 from training.judge_prompts import (
     DIMENSIONS,
     LANGUAGES,
@@ -274,7 +274,8 @@ class Judge:
         self.cache = cache
         # Retries are ours (429 waits, unusable replies), not the client's.
         self._client = openai.OpenAI(base_url=config.base_url, api_key=config.api_key,
-                                     timeout=config.timeout_s, max_retries=0)  # fmt: skip
+                                     timeout=config.timeout_s, max_retries=0,
+                                     http_client=http_client())  # fmt: skip
         self._lock = threading.Lock()
         self._calls = 0
         self._mode: Structured = "vllm" if config.structured == "auto" else config.structured

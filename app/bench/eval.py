@@ -2,7 +2,7 @@
 
     pulsemind bench eval                                   # builds the demo model, starts vLLM
     pulsemind bench eval --model-url URL --model NAME      # against a running server
-    pulsemind bench eval --cases 48 --turns 2 --max-tokens 32 --concurrency 1 16 --json out.json
+    pulsemind bench eval --cases 160 --turns 2 --max-tokens 32 --concurrency 1 16 --json out.json
 
 Why: the official CMtMedQA / MedDiagnose evaluations ask one request at a time; a run of
 1,000 multi-turn cases, each answered turn by turn by two models and judged twice, then takes
@@ -53,9 +53,11 @@ class BenchEvalConfig:
     """Served model name at `model_url`."""
     vllm_python: str | None = None
     """vLLM environment's interpreter when starting a server (default $PULSEMIND_VLLM_PYTHON)."""
-    cases: int = 48
-    """Three cases per slot at 16: a real run (237 or 1,000 cases) is mostly steady state, and a
-    single wave of 16 would mostly measure its start and its slowest case."""
+    cases: int = 160
+    """Ten cases per slot at 16: a real run (237 or 1,000 cases) is mostly steady state. With
+    48 (three per slot) the level at 16 lasted ~3 s, mostly its first and last waves, and on a
+    shared 2-core machine the ratio moved between 7.4x and 8.3x from run to run; at 160 the
+    level at 16 lasts ~8 s (the level at 1 ~75 s)."""
     turns: int = 2
     max_tokens: int = 32
     """Answer length per turn (the tiny model rarely stops early)."""
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server for model, opponent and judge (…/v1); default: start vLLM here")  # fmt: skip
     p.add_argument("--model", help="served model name at --model-url")
     p.add_argument("--vllm-python", help="vLLM env's python (default $PULSEMIND_VLLM_PYTHON)")
-    p.add_argument("--cases", type=int, default=48)
+    p.add_argument("--cases", type=int, default=160)
     p.add_argument("--turns", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], metavar="N")
