@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from model.prompt import to_chat_messages
-from tests.test_sft import dialogue_records, sft_row, write_export
+from tests.test_sft import StopAt, dialogue_records, sft_row, write_export
 from training.common import ADAPTER_DIR, TRAINING_INFO_FILE, TrainingError
 from training.crpo import CRPOConfig, build_trainer, pick_counterparts, train_crpo
 from training.export import chat_columns
@@ -137,6 +137,31 @@ def test_crpo_writes_the_adapter_and_its_origin(crpo_export, demo_model_dir, tmp
     info = json.loads((result.adapter_dir / TRAINING_INFO_FILE).read_text())
     assert info["kind"] == "crpo" and info["rows"] == 2 and info["config"]["tie"] == 0.5
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_resume_continues_from_the_last_checkpoint(crpo_export, demo_model_dir, tmp_path):
+    """A run that died after step 2 (checkpoint-2 kept) continues with --resume at step 3: the
+    steps done are neither trained nor judged again."""
+    out = tmp_path / "run"
+    first = FakeJudge()
+    trainer, _, _ = build_trainer(config(crpo_export, demo_model_dir, out, steps=3, save_steps=2),
+                                  judge=first)  # fmt: skip
+    trainer.add_callback(StopAt(2))
+    trainer.train()  # stops after step 2 with checkpoint-2 written, no adapter/: a crash
+    assert (out / "checkpoint-2").is_dir() and not (out / ADAPTER_DIR).exists()
+    assert len(first.batches) == 2
+    with pytest.raises(TrainingError, match="--resume"):
+        train_crpo(config(crpo_export, demo_model_dir, out, steps=3, save_steps=2), judge=first)
+    again, steps = FakeJudge(), []
+    result = train_crpo(config(crpo_export, demo_model_dir, out, steps=3, save_steps=2,
+                               resume=True), judge=again,
+                        on_metrics=lambda s, m: steps.append(s))  # fmt: skip
+    assert [len(b) for b in again.batches] == [G * C], "only step 3 is judged"
+    assert min(steps) == 3 and result.steps == 3 and result.adapter_dir == out / ADAPTER_DIR
+    info = json.loads((result.adapter_dir / TRAINING_INFO_FILE).read_text())
+    assert info["kind"] == "crpo" and info["steps"] == 3
+    with pytest.raises(TrainingError, match="finished adapter"):
+        train_crpo(config(crpo_export, demo_model_dir, out, steps=3, resume=True), judge=again)
 
 
 def test_a_judge_giving_no_verdict_stops_the_run(crpo_export, demo_model_dir, tmp_path):
