@@ -348,6 +348,15 @@ class ConsultHandlers:
         for chat_value in self._stream(user, ans, started):
             yield chat_value, _status(ans)
 
+    def answer_page(self, user: UserRecord, sent: bool | None, compare: bool | None,
+                    cid: int | None, variant_name: str | None):  # fmt: skip
+        """After the composer's Enter: `answer`, when the turn was stored (else its refusal is
+        already shown beside the composer) and one answer follows (not two side by side)."""
+        if not sent or compare:
+            yield gr.skip(), gr.skip()
+            return
+        yield from self.answer(user, cid, variant_name)
+
     def retry(self, user: UserRecord, cid: int | None, variant_name: str | None):
         cid = optional_id(cid, "consultation")
         if cid is None:
@@ -388,6 +397,15 @@ class ConsultHandlers:
         unlock = gr.update(interactive=pickable)
         note = "" if pickable else t("consult.compare.unpickable")
         yield texts["a"], texts["b"], turn.id, key, unlock, unlock, shown, note
+
+    def compare_page(self, user: UserRecord, sent: bool | None, compare: bool | None,
+                     cid: int | None):  # fmt: skip
+        """After the composer's Enter: `compare`, when the turn was stored and the compare
+        switch is on."""
+        if not sent or not compare:
+            yield (gr.skip(),) * 8
+            return
+        yield from self.compare(user, cid)
 
     def pick(self, user: UserRecord, cid: int | None, turn_id: int | None, key: str | None,
              side: str, proactiveness: str | None = None, accuracy: str | None = None,
@@ -776,16 +794,19 @@ def build_consult_tab(
                              [consultation, listing, chat, box, status, title, notice, sent_ok],
                              concurrency_limit=limit, **private)  # fmt: skip
         send_ev.then(**set_url)
-        sent = send_ev.success(_go_on, [sent_ok], None, **quiet)
-        # compare mode decides what follows the turn: one answer (/answer) or two side by side
-        single = sent.success(_when(False), [compare_on], None, **quiet)
-        answer_ev = single.success(guard(h.answer), [consultation, variant], [chat, status],
-                                   api_name="answer", concurrency_limit=limit)  # fmt: skip
-        pair = sent.success(_when(True), [compare_on], None, **quiet)
-        compare_ev = pair.success(
-            guard(h.compare), [consultation],
+        # compare mode decides what follows a stored turn: one answer, or two side by side.
+        # Both start with the turn's reply and each goes on only if it is the one (a gate event
+        # of their own would cost a round trip to the server each, before the first words).
+        after = [sent_ok, compare_on, consultation]
+        answer_ev = send_ev.success(guard(h.answer_page), [*after, variant], [chat, status],
+                                    concurrency_limit=limit, **private)  # fmt: skip
+        compare_ev = send_ev.success(
+            guard(h.compare_page), after,
             [answer_a, answer_b, compare_turn, compare_key, pick_a, pick_b, compare_panel, status],
-            api_name="consult_compare", api_visibility="private", concurrency_limit=limit)  # fmt: skip
+            concurrency_limit=limit, **private)  # fmt: skip
+        # for programs: /send, then /answer
+        gr.on([], guard(h.answer), [consultation, variant], [chat, status], api_name="answer",
+              concurrency_limit=limit)  # fmt: skip
         retry_ev = retry_btn.click(guard(h.retry_page), [consultation, variant], [chat, status],
                                    concurrency_limit=limit, **private)  # fmt: skip
         for ev in (answer_ev, retry_ev):
@@ -818,24 +839,6 @@ def build_consult_tab(
         viewer.wire(consultation, send_ev)  # its pickers follow the open consultation
 
     return wire
-
-
-def _go_on(sent: bool | None) -> None:
-    """A step that lets the turn's chain go on only when the turn was stored; else it stops
-    the chain quietly (the reason is already shown beside the composer)."""
-    if not sent:
-        raise gr.Error("", visible=False, print_exception=False)
-
-
-def _when(compare_mode: bool) -> Callable[[bool], None]:
-    """A step that lets its chain go on only when the compare switch is `compare_mode`; else it
-    stops the chain quietly (no error shown)."""
-
-    def gate(switch: bool | None) -> None:
-        if bool(switch) is not compare_mode:
-            raise gr.Error("", visible=False, print_exception=False)
-
-    return gate
 
 
 def _pair_texts(turn: CompareTurnRecord) -> tuple[dict[str, str], bool]:
