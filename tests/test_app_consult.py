@@ -241,12 +241,15 @@ def test_upload_size_is_capped(app_url):
 
 @contextmanager
 def long_answers(db: Database):
-    """The "tiny" variant answers at length (3000 sampled tokens) inside the block."""
+    """The "tiny" variant answers at length (3000 sampled tokens) inside the block; the end of
+    answer is held back (`min_tokens`), as the random model can sample it early and the answer
+    would then end on its own before the test stops it."""
     from storage import ensure_model_variant, get_variant_by_name
 
     endpoint = get_variant_by_name(db, "tiny").endpoint
     ensure_model_variant(db, "tiny", endpoint, "tiny",
-                         sampling_defaults={"max_tokens": 3000, "temperature": 1.0})  # fmt: skip
+                         sampling_defaults={"max_tokens": 3000, "min_tokens": 3000,
+                                            "temperature": 1.0})  # fmt: skip
     try:
         yield
     finally:
