@@ -30,7 +30,7 @@ from app.consult_api import display_name, file_path
 from app.edge import optional_id, parse_id, parse_index, user_message
 from app.i18n import SERVER, error_text, i18n, t, translate
 from app.language import current_language
-from app.prestart import Prestarted, Prestarts, Running
+from app.prestart import STOP_WAIT_S, Prestarted, Prestarts, Running
 from app.viewer import build_viewer
 from app.workflow import Answer, Consultations, UploadRejected
 from storage import (
@@ -63,9 +63,6 @@ OPEN_FIRST = SERVER["consult.open_first"]["en"]  # translated at the edge (app.i
 #: Characters of an answer shown in the answer picker: enough to tell answers apart.
 ANSWER_PREVIEW_CHARS = 48
 PICK_ANSWER = "Pick an answer first. / 请先选择一条回答。"
-#: Longest the Stop button waits for the answer to end by itself (and be shown as stored)
-#: before the event is cancelled outright (a model that sends nothing more).
-STOP_WAIT_S = 5.0
 
 
 def render(records: list[MessageRecord]) -> list[dict]:

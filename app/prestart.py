@@ -31,7 +31,9 @@ from storage import UserRecord
 #: How long an ended answer nobody followed waits for its `/answer` before it is forgotten (it
 #: is stored either way; `/answer` after that says the question has an answer).
 KEEP_S = 120.0
-#: Longest `take` waits for a started answer of another variant to stop before answering anew.
+#: Longest a stop waits for an answer to end by itself (and be stored): the Stop button, before
+#: the page's event is cancelled outright (a model that sends nothing more); `take`, for a
+#: started answer of another variant, before answering anew.
 STOP_WAIT_S = 5.0
 
 

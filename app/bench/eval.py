@@ -17,8 +17,8 @@ case) is read by the app's case reader. For each concurrency level a fresh SQLit
 model; sampled opponent with a fixed seed, so the two answer differently) and one run over all
 cases, timed from the first request to the stored totals (training.eval.EvalRunner.run). One
 unmeasured run of one-turn cases at the highest level warms the server up first (its first
-batches of that size and the judge's grammar are slower than the rest). Throughput = cases / wall time; the ratio is
-the highest level's over the lowest's.
+batches of that size and the judge's grammar are slower than the rest). Throughput = cases /
+wall time; the ratio is the highest level's over the lowest's.
 """
 
 from __future__ import annotations
