@@ -319,7 +319,7 @@ class ConsultHandlers:
         text = message.get("text") or ""
         text = text if isinstance(text, str) else ""
         cid = optional_id(cid, "consultation")
-        if variant_name and isinstance(variant_name, str):  # the model starts as it is stored
+        if variant_name:  # the model starts as it is stored (`ask` refuses an unknown variant)
             answer = self.prestarts.ask(user, cid, text, files, variant_name,
                                         language=current_language()).answer  # fmt: skip
             cid, records = answer.consultation_id, list(answer.history)  # up to the turn

@@ -128,7 +128,8 @@ def test_send_takes_only_the_callers_own_uploads(world, tmp_path):
     url, db = world["url"], world["db"]
     bob = Client(url, auth=("bob", PASSWORD), verbose=False)
     # through the normal client his own copy is fine; alice's path named raw is refused
-    for args, api in [(({"text": "mine now", "files": [{"path": world["upload"]}]}, None), "/send"),
+    theirs = {"text": "mine now", "files": [{"path": world["upload"]}]}
+    for args, api in [((theirs, None), "/send"), ((theirs, None, "tiny"), "/send"),
                       (({"text": "x", "files": [{"path": world["upload"]}]}, None, None), "/consult")]:
         # refused before Gradio reads the payload: gradio_client raises the HTTP 403
         with pytest.raises(httpx.HTTPStatusError) as exc:
@@ -146,17 +147,18 @@ def test_others_consultations_every_endpoint_every_role(world):
     """bob (another clinician), ann (annotator) and root (admin) on alice's consultation."""
     url, db, cid = world["url"], world["db"], world["cid"]
     before = [(m.id, m.text, m.superseded) for m in history(db, cid, include_superseded=True)]
-    calls = {  # endpoint -> args on alice's consultation
-        "/open_consultation": (cid,), "/report_text": (cid, f"{before[0][0]}:0"),
-        "/rename": (cid, "hijacked"), "/answer": (cid, "tiny"), "/retry": (cid, "tiny"),
-        "/send": ({"text": "injected", "files": []}, cid),
-        "/consult": ({"text": "injected", "files": []}, cid, "tiny"),
-    }  # fmt: skip
+    calls = [  # endpoint, args on alice's consultation
+        ("/open_consultation", (cid,)), ("/report_text", (cid, f"{before[0][0]}:0")),
+        ("/rename", (cid, "hijacked")), ("/answer", (cid, "tiny")), ("/retry", (cid, "tiny")),
+        ("/send", ({"text": "injected", "files": []}, cid)),
+        ("/send", ({"text": "injected", "files": []}, cid, "tiny")),  # the answer would start
+        ("/consult", ({"text": "injected", "files": []}, cid, "tiny")),
+    ]  # fmt: skip
     reads = {"/open_consultation", "/report_text"}
     tried = 0
     for who in ("bob", "ann", "root"):
         c = Client(url, auth=(who, PASSWORD), verbose=False)
-        for api, args in calls.items():
+        for api, args in calls:
             tried += 1
             if who == "root" and api in reads:
                 c.predict(*args, api_name=api)  # an admin reads
@@ -177,12 +179,14 @@ def test_malformed_ids_get_plain_messages(world):
     alice = Client(url, auth=("alice", PASSWORD), verbose=False)
     answered = 0
     for bad in MALFORMED:
-        for api, args in {"/open_consultation": (bad,), "/rename": (bad, "t"),
-                          "/answer": (bad, "tiny"), "/retry": (bad, "tiny"),
-                          "/report_text": (world["cid"], bad),
-                          "/send": ({"text": "x", "files": []}, bad),
-                          "/consult": ({"text": "x", "files": []}, bad, None),
-                          }.items():  # fmt: skip
+        for api, args in [("/open_consultation", (bad,)), ("/rename", (bad, "t")),
+                          ("/answer", (bad, "tiny")), ("/retry", (bad, "tiny")),
+                          ("/report_text", (world["cid"], bad)),
+                          ("/send", ({"text": "x", "files": []}, bad)),
+                          ("/send", ({"text": "x", "files": []}, bad, "tiny")),
+                          ("/send", ({"text": "x", "files": []}, world["cid"], bad)),  # variant
+                          ("/consult", ({"text": "x", "files": []}, bad, None)),
+                          ]:  # fmt: skip
             try:
                 alice.predict(*args, api_name=api)
             except AppError as exc:

@@ -180,9 +180,11 @@ def test_a_refused_turn_starts_nothing_that_stays(world):
         _send(h, u["alice"], "one", "x" * (MAX_MESSAGE_CHARS + 1))
     assert list_consultations(db, u["alice"].id) == []
     assert not engines["one"].asked.is_set() or engines["one"].closed.wait(5)
-    with pytest.raises(NotFound):  # an unknown variant: refused with the turn, nothing stored
-        _send(h, u["alice"], "three")
-    assert list_consultations(db, u["alice"].id) == []
+    for variant in ("three", 123, True, 10**30):  # unknown or not a name: refused with the turn
+        with pytest.raises(NotFound) as exc:
+            _send(h, u["alice"], variant)
+        assert exc.value.user_message
+    assert list_consultations(db, u["alice"].id) == [], "nothing stored"
 
 
 def test_the_page_starts_the_answer_unless_two_answers_follow(world):
