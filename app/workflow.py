@@ -52,11 +52,11 @@ from storage import (
     add_user_message,
     check_user_message,
     check_writable,
-    create_consultation,
     get_variant_by_name,
     history,
     list_active_variants,
     record_audit,
+    start_consultation,
     update_assistant_message,
 )
 
@@ -260,12 +260,13 @@ class Consultations:
     def _store_turn(
         self, user: UserRecord, consultation_id: int | None, text: str, results: list[IntakeResult]
     ) -> tuple[int, MessageRecord]:
-        if consultation_id is None:  # a consultation starts with its first message
+        attachments = [to_new_attachment(r) for r in results]
+        if consultation_id is None:  # a consultation starts with its first message (one write)
             title = title_from(text) or (f"{len(results)} file(s)" if results else None)
-            consultation_id = create_consultation(self.db, user.id, title).id
-        msg = add_user_message(
-            self.db, consultation_id, user.id, text, [to_new_attachment(r) for r in results]
-        )
+            started, msg = start_consultation(self.db, user.id, title, text, attachments)
+            consultation_id = started.id
+        else:
+            msg = add_user_message(self.db, consultation_id, user.id, text, attachments)
         if results:
             record_audit(
                 self.db,

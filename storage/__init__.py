@@ -78,6 +78,7 @@ from storage.messages import (
     choose_version,
     get_message,
     history,
+    start_consultation,
     update_assistant_message,
 )
 from storage.models import (
@@ -218,6 +219,7 @@ __all__ = [
     "set_password",
     "set_user_active",
     "set_variant_active",
+    "start_consultation",
     "update_assistant_message",
     "user_can_access_attachment",
     # Compare (cases, comparisons, votes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from loguru import logger
 from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from storage.access import access_consultation, active_user, require_admin
 from storage.checks import bounded_text
@@ -42,20 +43,25 @@ def create_consultation(
     db: Database, owner_id: int, title: str | None = None
 ) -> ConsultationRecord:
     """Start a consultation owned by `owner_id` (clinicians and admins may)."""
-    clean_title = _title(title)
     with db.transaction() as session:
-        owner = active_user(session, owner_id)
-        if owner.role is UserRole.ANNOTATOR:
-            raise PermissionDenied(f"user {owner_id} is an annotator; cannot own consultations")
-        now = utcnow()
-        consultation = Consultation(
-            owner_id=owner_id, title=clean_title, created_at=now, updated_at=now
-        )
-        session.add(consultation)
-        session.flush()
-        record = _record(consultation)
+        record = _record(new_consultation(session, owner_id, title))
     logger.info("created consultation id={} owner id={}", record.id, owner_id)
     return record
+
+
+def new_consultation(session: Session, owner_id: int, title: str | None) -> Consultation:
+    """`create_consultation` inside the caller's transaction."""
+    clean_title = _title(title)
+    owner = active_user(session, owner_id)
+    if owner.role is UserRole.ANNOTATOR:
+        raise PermissionDenied(f"user {owner_id} is an annotator; cannot own consultations")
+    now = utcnow()
+    consultation = Consultation(
+        owner_id=owner_id, title=clean_title, created_at=now, updated_at=now
+    )
+    session.add(consultation)
+    session.flush()
+    return consultation
 
 
 def _listing(

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from storage.access import access_consultation
 from storage.attachments import load_attachments, store_attachment
 from storage.checks import as_enum, bounded_text, json_object, optional_count
+from storage.consultations import new_consultation
 from storage.db import Database
 from storage.errors import InvalidInput, NotFound
 from storage.models import (
@@ -42,6 +43,7 @@ from storage.models import (
 from storage.records import (
     AnswerVersions,
     AttachmentRecord,
+    ConsultationRecord,
     MessageRecord,
     NewAttachment,
     from_row,
@@ -130,38 +132,74 @@ def add_user_message(
         consultation = access_consultation(
             session, consultation_id, author_id, write=True, lock=True
         )
-        message = _append(
-            session,
-            consultation,
-            Message(role=MessageRole.USER, text=text, author_id=author_id),
-            _current_leaf(session, consultation.id),
-        )
-        reused = 0
-        for position, new in enumerate(attachments):
-            if not isinstance(new, NewAttachment):
-                raise InvalidInput(f"attachment {position} is not a NewAttachment")
-            attachment, created = store_attachment(session, new)
-            reused += not created
-            session.add(
-                MessageAttachment(
-                    message_id=message.id,
-                    attachment_id=attachment.id,
-                    position=position,
-                    original_name=_clean_name(new.original_name, position),
-                )
+        record, reused = _add_user_turn(session, consultation, author_id, text, attachments)
+    _log_user_turn(record, len(attachments), reused)
+    return record
+
+
+def start_consultation(
+    db: Database,
+    owner_id: int,
+    title: str | None,
+    text: str,
+    attachments: Sequence[NewAttachment] = (),
+) -> tuple[ConsultationRecord, MessageRecord]:
+    """A new consultation with its first user turn, in one transaction: `create_consultation`
+    then `add_user_message`, one write instead of two (SQLite has one writer at a time, and
+    sixteen clinicians starting at once queue on it). Nothing is written if either refuses."""
+    check_user_message(text, len(attachments))
+    with db.transaction() as session:
+        consultation = new_consultation(session, owner_id, title)
+        record, reused = _add_user_turn(session, consultation, owner_id, text, attachments)
+        started = from_row(ConsultationRecord, consultation)
+    logger.info("created consultation id={} owner id={}", started.id, owner_id)
+    _log_user_turn(record, len(attachments), reused)
+    return started, record
+
+
+def _add_user_turn(
+    session: Session,
+    consultation: Consultation,
+    author_id: int,
+    text: str,
+    attachments: Sequence[NewAttachment],
+) -> tuple[MessageRecord, int]:
+    """Append the turn to the (locked, writable) consultation; the record and how many of its
+    attachments were already stored."""
+    message = _append(
+        session,
+        consultation,
+        Message(role=MessageRole.USER, text=text, author_id=author_id),
+        _current_leaf(session, consultation.id),
+    )
+    reused = 0
+    for position, new in enumerate(attachments):
+        if not isinstance(new, NewAttachment):
+            raise InvalidInput(f"attachment {position} is not a NewAttachment")
+        attachment, created = store_attachment(session, new)
+        reused += not created
+        session.add(
+            MessageAttachment(
+                message_id=message.id,
+                attachment_id=attachment.id,
+                position=position,
+                original_name=_clean_name(new.original_name, position),
             )
-        session.flush()
-        stored = load_attachments(session, [message.id], with_png=False) if attachments else {}
-        record = _record(message, stored.get(message.id, []))
+        )
+    session.flush()
+    stored = load_attachments(session, [message.id], with_png=False) if attachments else {}
+    return _record(message, stored.get(message.id, [])), reused
+
+
+def _log_user_turn(record: MessageRecord, attachments: int, reused: int) -> None:
     logger.info(
         "consultation id={}: user message id={} seq={} with {} attachments ({} reused)",
-        consultation_id,
+        record.consultation_id,
         record.id,
         record.seq,
-        len(attachments),
+        attachments,
         reused,
     )
-    return record
 
 
 def add_assistant_message(

@@ -54,6 +54,7 @@ from storage import (
     set_password,
     set_user_active,
     set_variant_active,
+    start_consultation,
     user_can_access_attachment,
 )
 from storage.db import MIGRATIONS_DIR
@@ -433,6 +434,34 @@ def test_failed_user_message_leaves_nothing(db: Database, people):
     assert get_consultation(db, c.id, alice.id).updated_at == before
     # The same turn, corrected, goes through and gets the next seq.
     assert add_user_message(db, c.id, alice.id, "Second turn.", [good]).seq == 2
+
+
+def test_start_consultation_writes_it_with_its_first_turn_or_nothing(db: Database, people):
+    alice = people["alice"]
+    good = image_upload("ok.png", (1, 2, 3))
+    started, first = start_consultation(db, alice.id, "Chest pain", "胸痛一天。", [good])
+    assert (started.title, started.owner_id) == ("Chest pain", alice.id)
+    assert (first.consultation_id, first.seq, first.text) == (started.id, 1, "胸痛一天。")
+    assert [a.original_name for a in first.attachments] == ["ok.png"]
+    assert [m.text for m in history(db, started.id, user_id=alice.id)] == ["胸痛一天。"]
+    assert get_consultation(db, started.id, alice.id).title == "Chest pain"
+    # a follow-up turn continues it
+    assert add_user_message(db, started.id, alice.id, "Second turn.").seq == 2
+
+    ann = create_user(db, "ann", PASSWORD, "annotator")
+    before = (count(db, Consultation), count(db, Message), count(db, Attachment))
+    bad = NewAttachment(**{**vars(image_upload("virus.exe", (4, 5, 6))), "kind": "exe"})
+    refusals = [
+        (PermissionDenied, (ann.id, "t", "A turn.", [])),  # annotators own no consultations
+        (InvalidInput, (alice.id, "x" * 10_000, "A turn.", [])),  # title too long
+        (InvalidInput, (alice.id, "t", "", [])),  # nothing to say
+        (InvalidInput, (alice.id, "t", "A turn.", [good, bad])),  # a bad file: no half turn
+    ]
+    for error, args in refusals:
+        with pytest.raises(error):
+            start_consultation(db, *args)
+    assert (count(db, Consultation), count(db, Message), count(db, Attachment)) == before
+    assert [c.id for c in list_consultations(db, alice.id)] == [started.id]
 
 
 def test_concurrent_writers_get_unique_contiguous_seq(db: Database, people):
