@@ -199,3 +199,31 @@ def test_the_page_starts_the_answer_unless_two_answers_follow(world):
     assert out[-1] is True and engines["one"].asked.wait(5)
     list(h.answer(u["alice"], cid, "one"))
     assert engines["one"].calls == 1 and len(_answers(db, cid)) == 1
+
+
+def test_updates_slow_down_in_proportion_when_many_answers_stream():
+    """One answer updates every UPDATE_INTERVAL_S; with 16 streaming at once each updates half
+    as often (the server's updates per second stay about the same); back once they end."""
+    from app.workflow import FULL_RATE_STREAMS, UPDATE_INTERVAL_S, throttled
+
+    now = [0.0]
+
+    def texts(n: int, step_s: float = 0.01):
+        for i in range(n):
+            now[0] += step_s
+            yield f"t{i}"
+
+    def shown() -> int:  # updates of one answer whose text grows every 10 ms for 1 s
+        now[0] = 0.0
+        return len(list(throttled(texts(100), clock=lambda: now[0])))
+
+    alone = shown()
+    assert alone == pytest.approx(1 / UPDATE_INTERVAL_S, abs=1)
+    others = [throttled(iter(["x"] * 2)) for _ in range(2 * FULL_RATE_STREAMS - 1)]
+    for other in others:
+        next(other)  # streaming: started, not ended
+    crowded = shown()
+    assert crowded == pytest.approx(alone / 2, abs=1)
+    for other in others:
+        other.close()
+    assert shown() == alone
