@@ -182,3 +182,48 @@ def test_clients_share_one_tls_context_that_still_verifies():
         ctx = context_of(judge._client)
     assert len(contexts) == 1
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+def test_stream_events_are_read_as_servers_send_them():
+    """The answer's chunks are read as plain JSON, not the SDK's typed objects: comments, an
+    event's `data:` split over lines, usage and `[DONE]` are read right; an error event after
+    some text is a broken answer that keeps the text; garbage is a model error, not a crash.
+    (No vLLM needed: a scripted server.)"""
+    import json
+
+    from test_judge import ScriptedServer
+
+    from model.errors import ModelDiedMidAnswer, ModelError
+
+    def data(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    def delta(text: str) -> dict:
+        return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
+    streams = [
+        ": a comment the server sends to keep the connection\n\n" + data(delta("Chest "))
+        + 'data: {"choices": [{"index": 0, "delta": {"content": "pain."},\n'
+        + 'data: "finish_reason": "stop"}]}\n\n'
+        + data({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+        + "data: [DONE]\n\n",
+        data(delta("Chest ")) + data({"error": {"message": "engine died"}}),
+        "data: not json\n\n",
+    ]  # fmt: skip
+
+    def respond(n: int, body: dict):
+        assert body["stream"] is True
+        return 200, {"Content-Type": "text/event-stream"}, streams[n].encode()
+
+    with ScriptedServer(respond) as server:
+        eng = OpenAIEngine(OpenAIEngineConfig(base_url=server.base_url, model="tiny"))
+        deltas, final = collect(eng.stream(consultation()[-1:], GREEDY))
+        assert [d.text for d in deltas] == ["Chest ", "pain."]
+        assert (final.text, final.finish_reason) == ("Chest pain.", "stop")
+        assert (final.prompt_tokens, final.completion_tokens) == (5, 2)
+        with pytest.raises(ModelDiedMidAnswer) as died:
+            collect(eng.stream(consultation()[-1:], GREEDY))
+        assert died.value.partial == "Chest " and "engine died" in died.value.detail
+        with pytest.raises(ModelError) as garbage:
+            collect(eng.stream(consultation()[-1:], GREEDY))
+        assert not isinstance(garbage.value, ModelDiedMidAnswer)
